@@ -1,0 +1,5 @@
+package cli
+
+import "errors"
+
+var errNotYet = errors.New("not implemented yet")

@@ -1,0 +1,6 @@
+package cli
+
+// LogsCmd is not written yet.
+type LogsCmd struct{}
+
+func (c *LogsCmd) Run(g *Globals) error { return errNotYet }

@@ -1,0 +1,6 @@
+package cli
+
+// NodeUpCmd is not written yet.
+type NodeUpCmd struct{}
+
+func (c *NodeUpCmd) Run(g *Globals) error { return errNotYet }

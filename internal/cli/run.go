@@ -1,0 +1,6 @@
+package cli
+
+// RunCmd is not written yet.
+type RunCmd struct{}
+
+func (c *RunCmd) Run(g *Globals) error { return errNotYet }

@@ -1,0 +1,6 @@
+package cli
+
+// StopCmd is not written yet.
+type StopCmd struct{}
+
+func (c *StopCmd) Run(g *Globals) error { return errNotYet }

@@ -1,0 +1,76 @@
+// Package sandbox defines what a sandbox driver is: something that starts an
+// isolated place whose agent connects back to the node's internal NATS, and
+// stops it. Implementations live in the child packages (process, qemu,
+// firecracker); sandboxtest is the conformance suite every one must pass.
+package sandbox
+
+import (
+	"context"
+	"errors"
+
+	"github.com/nex-engine/nex/internal/agentapi"
+)
+
+// Spec describes one sandbox to start.
+type Spec struct {
+	ID string
+	// Dir is the sandbox's private directory under the node's state dir. The
+	// caller creates it and removes it after Stop; the driver keeps every
+	// file of the sandbox (pid file, sockets, console log) inside it.
+	Dir string
+	// Agent is the agent's metadata as seen from the host: Agent.NATSURL is
+	// the internal server's loopback URL. A VM driver rewrites the URL to
+	// what the guest reaches (its forward of that address).
+	Agent     agentapi.Metadata
+	VCPU      int
+	MemoryMiB int
+}
+
+// Driver starts sandboxes.
+type Driver interface {
+	// Name is the driver's config name: process, qemu, firecracker.
+	Name() string
+	// Start launches a sandbox and returns once it is running; the agent's
+	// handshake is awaited by the caller on the internal NATS.
+	Start(ctx context.Context, spec Spec) (Sandbox, error)
+}
+
+// Sandbox is one running sandbox.
+type Sandbox interface {
+	ID() string
+	// PID of the host process that holds the sandbox (agent or VMM).
+	PID() int
+	// Stop asks the sandbox to end, then forces it; it returns once the
+	// host process is gone. Safe to call more than once and after exit.
+	Stop(ctx context.Context) error
+	// Done is closed when the sandbox's host process has exited.
+	Done() <-chan struct{}
+	// Err tells why the sandbox ended; valid after Done is closed.
+	Err() error
+}
+
+// Unsafe is implemented by drivers that give no isolation; nodes using them
+// tag themselves nex.unsafe=true.
+type Unsafe interface{ Unsafe() bool }
+
+// Check is one line of a preflight report.
+type Check struct {
+	Name string
+	OK   bool
+	Info string // what was found
+	Fix  string // the exact fix when !OK
+}
+
+// Preflighter is implemented by drivers that need things from the host.
+type Preflighter interface {
+	Preflight(ctx context.Context) []Check
+}
+
+// ErrStopped is returned by Err after a requested Stop.
+var ErrStopped = errors.New("sandbox stopped")
+
+// IsUnsafe reports whether d gives no isolation.
+func IsUnsafe(d Driver) bool {
+	u, ok := d.(Unsafe)
+	return ok && u.Unsafe()
+}
