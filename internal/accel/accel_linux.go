@@ -1,0 +1,4 @@
+package accel
+
+// Detect makes the choice for this host.
+func Detect() Choice { return DetectAt("/") }
