@@ -21,9 +21,9 @@ func fakeELF(n int) []byte {
 	copy(b, "\x7fELF")
 	b[4], b[5], b[6] = 2, 1, 1 // 64-bit, little endian, version 1
 	le := binary.LittleEndian
-	le.PutUint16(b[16:], 2)    // ET_EXEC
-	le.PutUint16(b[18:], 62)   // EM_X86_64
-	le.PutUint32(b[20:], 1)    // version
+	le.PutUint16(b[16:], 2)  // ET_EXEC
+	le.PutUint16(b[18:], 62) // EM_X86_64
+	le.PutUint32(b[20:], 1)  // version
 	le.PutUint64(b[24:], 0x1000000)
 	le.PutUint64(b[32:], ehsize) // phoff
 	le.PutUint16(b[52:], ehsize)
