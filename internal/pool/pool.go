@@ -1,0 +1,273 @@
+// Package pool keeps a number of ready (handshaken) sandboxes warm. A take
+// hands one out at once and refill starts in the background; a sandbox that
+// fails to start is discarded and retried with backoff, so one bad sandbox
+// never stops the node.
+package pool
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"sync"
+	"time"
+)
+
+// Factory starts one member and returns it once it is ready. On failure it
+// must have cleaned up after itself.
+type Factory[M any] func(ctx context.Context) (M, error)
+
+// Options configure a pool.
+type Options struct {
+	// Target is how many ready members to keep.
+	Target int
+	// Parallel bounds concurrent starts (default 2).
+	Parallel int
+	// MinBackoff and MaxBackoff bound the delay after consecutive failures
+	// (defaults 100ms and 10s).
+	MinBackoff, MaxBackoff time.Duration
+	Log                    *slog.Logger
+	// OnFailure is called for every failed start (events, metrics).
+	OnFailure func(err error)
+}
+
+// Status is a snapshot of the pool.
+type Status struct {
+	Target, Ready, Starting, Waiting int
+	ConsecutiveFailures              int
+	LastError                        string
+}
+
+// Pool keeps members of type M ready.
+type Pool[M comparable] struct {
+	o       Options
+	factory Factory[M]
+
+	mu       sync.Mutex
+	ready    []M
+	starting int
+	waiting  int
+	failures int
+	lastErr  error
+	changed  chan struct{} // closed and replaced on every change
+	closed   bool
+
+	ctx    context.Context
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+	kick   chan struct{}
+}
+
+// ErrClosed is returned by Take after Close.
+var ErrClosed = errors.New("pool closed")
+
+// New makes a pool; Start begins filling it.
+func New[M comparable](factory Factory[M], o Options) *Pool[M] {
+	if o.Parallel <= 0 {
+		o.Parallel = 2
+	}
+	if o.MinBackoff <= 0 {
+		o.MinBackoff = 100 * time.Millisecond
+	}
+	if o.MaxBackoff <= 0 {
+		o.MaxBackoff = 10 * time.Second
+	}
+	if o.Log == nil {
+		o.Log = slog.Default()
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	return &Pool[M]{o: o, factory: factory, changed: make(chan struct{}), ctx: ctx, cancel: cancel,
+		kick: make(chan struct{}, 1)}
+}
+
+// Start runs the refill loop until Close.
+func (p *Pool[M]) Start() {
+	p.wg.Add(1)
+	go p.refill()
+	p.poke()
+}
+
+func (p *Pool[M]) poke() {
+	select {
+	case p.kick <- struct{}{}:
+	default:
+	}
+}
+
+// notify wakes waiters; call with mu held.
+func (p *Pool[M]) notify() {
+	close(p.changed)
+	p.changed = make(chan struct{})
+}
+
+func (p *Pool[M]) refill() {
+	defer p.wg.Done()
+	for {
+		select {
+		case <-p.ctx.Done():
+			return
+		case <-p.kick:
+		}
+		for {
+			p.mu.Lock()
+			want := p.o.Target + p.waiting - len(p.ready) - p.starting
+			if p.closed || want <= 0 || p.starting >= p.o.Parallel {
+				p.mu.Unlock()
+				break
+			}
+			delay := time.Duration(0)
+			if p.failures > 0 {
+				delay = p.o.MinBackoff << min(p.failures-1, 16)
+				delay = min(delay, p.o.MaxBackoff)
+			}
+			p.starting++
+			p.mu.Unlock()
+			p.wg.Add(1)
+			go p.startOne(delay)
+		}
+	}
+}
+
+func (p *Pool[M]) startOne(delay time.Duration) {
+	defer p.wg.Done()
+	if delay > 0 {
+		select {
+		case <-time.After(delay):
+		case <-p.ctx.Done():
+			p.mu.Lock()
+			p.starting--
+			p.mu.Unlock()
+			return
+		}
+	}
+	m, err := p.factory(p.ctx)
+	p.mu.Lock()
+	p.starting--
+	if err != nil {
+		p.failures++
+		p.lastErr = err
+		p.notify()
+		p.mu.Unlock()
+		if p.ctx.Err() == nil {
+			p.o.Log.Warn("sandbox start failed; retrying with backoff", "error", err, "consecutive_failures", p.failures)
+			if p.o.OnFailure != nil {
+				p.o.OnFailure(err)
+			}
+		}
+		p.poke()
+		return
+	}
+	if p.closed {
+		p.mu.Unlock()
+		p.discard(m)
+		return
+	}
+	p.failures = 0
+	p.lastErr = nil
+	p.ready = append(p.ready, m)
+	p.notify()
+	p.mu.Unlock()
+	p.poke()
+}
+
+func (p *Pool[M]) discard(m M) {
+	if d, ok := any(m).(interface{ Discard() }); ok {
+		d.Discard()
+	}
+}
+
+// Take returns a ready member, waiting for one if none is ready. Refill of
+// the taken place starts at once.
+func (p *Pool[M]) Take(ctx context.Context) (M, error) {
+	var zero M
+	p.mu.Lock()
+	p.waiting++
+	defer func() {
+		p.mu.Lock()
+		p.waiting--
+		p.mu.Unlock()
+	}()
+	for {
+		if p.closed {
+			p.mu.Unlock()
+			return zero, ErrClosed
+		}
+		if len(p.ready) > 0 {
+			m := p.ready[0]
+			p.ready = p.ready[1:]
+			p.notify()
+			p.mu.Unlock()
+			p.poke()
+			return m, nil
+		}
+		ch := p.changed
+		p.mu.Unlock()
+		p.poke()
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return zero, ctx.Err()
+		}
+		p.mu.Lock()
+	}
+}
+
+// Remove drops a member that died while waiting in the pool; it reports
+// whether m was in the pool.
+func (p *Pool[M]) Remove(m M) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for i, r := range p.ready {
+		if r == m {
+			p.ready = append(p.ready[:i:i], p.ready[i+1:]...)
+			p.notify()
+			p.poke()
+			return true
+		}
+	}
+	return false
+}
+
+// Status reports the pool's state.
+func (p *Pool[M]) Status() Status {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	s := Status{Target: p.o.Target, Ready: len(p.ready), Starting: p.starting, Waiting: p.waiting,
+		ConsecutiveFailures: p.failures}
+	if p.lastErr != nil {
+		s.LastError = p.lastErr.Error()
+	}
+	return s
+}
+
+// Wait blocks until at least n members are ready or ctx ends.
+func (p *Pool[M]) Wait(ctx context.Context, n int) error {
+	for {
+		p.mu.Lock()
+		ok, ch := len(p.ready) >= n, p.changed
+		p.mu.Unlock()
+		if ok {
+			return nil
+		}
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+}
+
+// Close stops refilling, waits for starts under way and returns the members
+// that were still ready, for the caller to stop.
+func (p *Pool[M]) Close() []M {
+	p.mu.Lock()
+	p.closed = true
+	p.notify()
+	p.mu.Unlock()
+	p.cancel()
+	p.wg.Wait()
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	left := p.ready
+	p.ready = nil
+	return left
+}

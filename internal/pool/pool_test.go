@@ -1,0 +1,139 @@
+package pool
+
+import (
+	"context"
+	"errors"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+type member struct{ n int64 }
+
+func counter() (Factory[*member], *atomic.Int64) {
+	var n atomic.Int64
+	return func(ctx context.Context) (*member, error) {
+		return &member{n: n.Add(1)}, nil
+	}, &n
+}
+
+func ctxT(t *testing.T) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+func TestFillsToTargetAndRefillsAfterTake(t *testing.T) {
+	f, made := counter()
+	p := New(f, Options{Target: 3})
+	p.Start()
+	defer p.Close()
+	if err := p.Wait(ctxT(t), 3); err != nil {
+		t.Fatal(err)
+	}
+	m, err := p.Take(ctxT(t))
+	if err != nil || m == nil {
+		t.Fatal(err)
+	}
+	if err := p.Wait(ctxT(t), 3); err != nil {
+		t.Fatal(err)
+	}
+	if made.Load() != 4 {
+		t.Fatalf("made %d members, want 4", made.Load())
+	}
+	if st := p.Status(); st.Ready != 3 || st.Target != 3 {
+		t.Fatalf("status %+v", st)
+	}
+}
+
+func TestZeroTargetStartsOnDemand(t *testing.T) {
+	f, made := counter()
+	p := New(f, Options{Target: 0})
+	p.Start()
+	defer p.Close()
+	if _, err := p.Take(ctxT(t)); err != nil {
+		t.Fatal(err)
+	}
+	if made.Load() != 1 {
+		t.Fatalf("made %d", made.Load())
+	}
+}
+
+func TestFailuresBackOffAndRecover(t *testing.T) {
+	var calls atomic.Int64
+	var failed atomic.Int64
+	f := func(ctx context.Context) (*member, error) {
+		if calls.Add(1) <= 3 {
+			return nil, errors.New("boom")
+		}
+		return &member{}, nil
+	}
+	p := New(f, Options{Target: 1, Parallel: 1, MinBackoff: time.Millisecond, OnFailure: func(error) { failed.Add(1) }})
+	p.Start()
+	defer p.Close()
+	if err := p.Wait(ctxT(t), 1); err != nil {
+		t.Fatal(err)
+	}
+	if failed.Load() != 3 {
+		t.Fatalf("OnFailure called %d times, want 3", failed.Load())
+	}
+	if st := p.Status(); st.ConsecutiveFailures != 0 || st.LastError != "" {
+		t.Fatalf("failures not reset: %+v", st)
+	}
+}
+
+func TestStatusReportsPersistentFailure(t *testing.T) {
+	f := func(ctx context.Context) (*member, error) { return nil, errors.New("no kernel") }
+	p := New(f, Options{Target: 1, MinBackoff: time.Millisecond, MaxBackoff: 5 * time.Millisecond})
+	p.Start()
+	defer p.Close()
+	deadline := time.Now().Add(5 * time.Second)
+	for p.Status().ConsecutiveFailures < 3 && time.Now().Before(deadline) {
+		time.Sleep(time.Millisecond)
+	}
+	if st := p.Status(); st.ConsecutiveFailures < 3 || st.LastError != "no kernel" {
+		t.Fatalf("status %+v", st)
+	}
+}
+
+func TestRemoveAndClose(t *testing.T) {
+	f, _ := counter()
+	p := New(f, Options{Target: 2})
+	p.Start()
+	if err := p.Wait(ctxT(t), 2); err != nil {
+		t.Fatal(err)
+	}
+	m, _ := p.Take(ctxT(t))
+	if p.Remove(m) {
+		t.Fatal("removed a member that was taken")
+	}
+	if err := p.Wait(ctxT(t), 2); err != nil {
+		t.Fatal(err)
+	}
+	left := p.Close()
+	if len(left) != 2 {
+		t.Fatalf("close returned %d members", len(left))
+	}
+	if _, err := p.Take(ctxT(t)); !errors.Is(err, ErrClosed) {
+		t.Fatalf("take after close: %v", err)
+	}
+}
+
+func TestTakeHonoursContext(t *testing.T) {
+	block := make(chan struct{})
+	f := func(ctx context.Context) (*member, error) {
+		select {
+		case <-block:
+		case <-ctx.Done():
+		}
+		return nil, errors.New("cancelled")
+	}
+	p := New(f, Options{Target: 1})
+	p.Start()
+	defer func() { close(block); p.Close() }()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Millisecond)
+	defer cancel()
+	if _, err := p.Take(ctx); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("got %v", err)
+	}
+}
