@@ -1,0 +1,153 @@
+package guestimage
+
+import (
+	"bytes"
+	"context"
+	"encoding/binary"
+	"errors"
+	"io"
+	"os"
+	"path/filepath"
+	"reflect"
+	"strings"
+	"testing"
+
+	"github.com/nex-engine/nex/internal/guestimage/cpio"
+)
+
+type testInputs struct {
+	opts   Options
+	agent  []byte
+	vmlinx []byte
+}
+
+func inputs(t *testing.T) testInputs {
+	t.Helper()
+	dir := t.TempDir()
+	vmlinux := fakeELF(300000)
+	kernel := filepath.Join(dir, "bzImage")
+	if err := os.WriteFile(kernel, fakeBzImage(payload(t, "lz4", vmlinux), true), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	agent := fakeELF(50000)
+	agentPath := filepath.Join(dir, "nex")
+	if err := os.WriteFile(agentPath, agent, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	return testInputs{
+		opts:   Options{Kernel: kernel, KernelModules: fakeModuleTree(t, false), Agent: agentPath},
+		agent:  agent,
+		vmlinx: vmlinux,
+	}
+}
+
+func readArchive(t *testing.T, path string) map[string]cpio.Record {
+	t.Helper()
+	f, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	out := map[string]cpio.Record{}
+	r := cpio.NewReader(f)
+	for {
+		rec, err := r.Next()
+		if errors.Is(err, io.EOF) {
+			return out
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		out[rec.Name] = rec
+	}
+}
+
+func TestBuildFromSuppliedKernel(t *testing.T) {
+	in := inputs(t)
+	var steps []string
+	in.opts.CacheDir = t.TempDir()
+	in.opts.Progress = func(s string) { steps = append(steps, s) }
+	img, err := Build(context.Background(), in.opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if img.Cached || len(steps) == 0 {
+		t.Fatalf("first build: cached=%v, progress %q", img.Cached, steps)
+	}
+	if b, _ := os.ReadFile(img.Kernel); !bytes.Equal(b, in.vmlinx) {
+		t.Fatal("image kernel is not the extracted vmlinux")
+	}
+	ar := readArchive(t, img.Initrd)
+	if !bytes.Equal(ar["init"].Data, in.agent) || ar["init"].Mode != cpio.TypeRegular|0o755 {
+		t.Fatalf("/init is not the agent, executable (mode %o)", ar["init"].Mode)
+	}
+	if c := ar["dev/console"]; c.Mode&cpio.TypeMask != cpio.TypeChar || c.RMajor != 5 || c.RMinor != 1 {
+		t.Fatalf("/dev/console = %+v", c)
+	}
+	for _, d := range []string{"proc", "sys", "tmp", "run", "dev"} {
+		if ar[d].Mode&cpio.TypeMask != cpio.TypeDir {
+			t.Fatalf("/%s missing or not a directory", d)
+		}
+	}
+	order := strings.Fields(string(ar[ModuleOrder].Data))
+	if !reflect.DeepEqual(order, img.Modules) || len(order) != 7 {
+		t.Fatalf("modules/order %v, image says %v", order, img.Modules)
+	}
+	for _, m := range order {
+		if len(ar[ModulesDir+"/"+m].Data) == 0 {
+			t.Fatalf("module %s listed but not in the archive", m)
+		}
+	}
+
+	again, err := Build(context.Background(), in.opts)
+	if err != nil || !again.Cached || again.Hash != img.Hash {
+		t.Fatalf("second build: %+v, %v; want the cached image %s", again, err, img.Hash)
+	}
+
+	// Another cache, same inputs: same hash, same bytes.
+	in.opts.CacheDir = t.TempDir()
+	other, err := Build(context.Background(), in.opts)
+	if err != nil || other.Cached || other.Hash != img.Hash {
+		t.Fatalf("rebuild elsewhere: %+v, %v", other, err)
+	}
+	for _, p := range [][2]string{{img.Kernel, other.Kernel}, {img.Initrd, other.Initrd}} {
+		a, _ := os.ReadFile(p[0])
+		b, _ := os.ReadFile(p[1])
+		if !bytes.Equal(a, b) {
+			t.Fatalf("%s and %s differ: the build is not reproducible", p[0], p[1])
+		}
+	}
+
+	// A different agent is a different image.
+	os.WriteFile(in.opts.Agent, fakeELF(50001), 0o755)
+	changed, err := Build(context.Background(), in.opts)
+	if err != nil || changed.Hash == img.Hash {
+		t.Fatalf("changed agent: hash %s (was %s), %v", changed.Hash, img.Hash, err)
+	}
+}
+
+func TestBuildRefuses(t *testing.T) {
+	in := inputs(t)
+	in.opts.CacheDir = t.TempDir()
+
+	dyn := fakeELF(1000)
+	binary.LittleEndian.PutUint32(dyn[64:], 3) // PT_INTERP
+	os.WriteFile(in.opts.Agent, dyn, 0o755)
+	if _, err := Build(context.Background(), in.opts); err == nil || !strings.Contains(err.Error(), "CGO_ENABLED=0") {
+		t.Fatalf("dynamic agent: err = %v", err)
+	}
+
+	in = inputs(t)
+	in.opts.CacheDir = t.TempDir()
+	in.opts.Kernel = filepath.Join(t.TempDir(), "nope")
+	if _, err := Build(context.Background(), in.opts); err == nil || !strings.Contains(err.Error(), "nope") {
+		t.Fatalf("missing kernel: err = %v", err)
+	}
+
+	in = inputs(t)
+	in.opts.CacheDir = t.TempDir()
+	os.Remove(filepath.Join(in.opts.KernelModules, "kernel/drivers/char/virtio_console.ko"))
+	if _, err := Build(context.Background(), in.opts); err == nil || !strings.Contains(err.Error(), "virtio_console") {
+		t.Fatalf("kernel without virtio_console: err = %v", err)
+	}
+}

@@ -1,0 +1,242 @@
+package guestimage
+
+import (
+	"bufio"
+	"bytes"
+	"compress/gzip"
+	"debug/elf"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"github.com/klauspost/compress/zstd"
+	"github.com/ulikunitz/xz"
+)
+
+// A moduleWant is a module the guest needs; optional ones are taken when the
+// kernel has them.
+type moduleWant struct {
+	name     string
+	optional bool
+}
+
+// guestModules are what the agent needs from the kernel: the virtio-mmio
+// transport (microvm and Firecracker devices), the network and the
+// virtio-serial config channel, and vsock for Firecracker.
+var guestModules = []moduleWant{
+	{name: "virtio_mmio"},
+	{name: "virtio_net"},
+	{name: "virtio_console"},
+	{name: "vmw_vsock_virtio_transport", optional: true},
+}
+
+// Module is one loadable kernel module of the guest.
+type Module struct {
+	Name string // normalised: dashes become underscores
+	Path string // file on the host (.ko, .ko.xz, .ko.zst, .ko.gz)
+}
+
+// File is the module's file name inside the initramfs.
+func (m Module) File() string { return m.Name + moduleExt(m.Path) }
+
+// moduleSuffixes are the file endings of modules, compressed or not.
+var moduleSuffixes = []string{".ko", ".ko.xz", ".ko.zst", ".ko.gz"}
+
+func moduleExt(path string) string {
+	for _, s := range moduleSuffixes[1:] {
+		if strings.HasSuffix(path, s) {
+			return s
+		}
+	}
+	return ".ko"
+}
+
+func moduleName(path string) (string, bool) {
+	base := filepath.Base(path)
+	for _, s := range moduleSuffixes {
+		if strings.HasSuffix(base, s) {
+			return strings.ReplaceAll(strings.TrimSuffix(base, s), "-", "_"), true
+		}
+	}
+	return "", false
+}
+
+// moduleIndex knows where each module of a kernel is and what it depends on.
+// It reads modules.dep when there is one; a kernel package as shipped has
+// none (depmod writes it at install time), so then the dependencies come from
+// each needed module's own .modinfo section.
+type moduleIndex struct {
+	dir     string
+	path    map[string]string   // name → path relative to dir
+	deps    map[string][]string // from modules.dep; nil: read .modinfo
+	builtin map[string]bool
+}
+
+func loadModuleIndex(dir string) (*moduleIndex, error) {
+	ix := &moduleIndex{dir: dir, path: map[string]string{}, builtin: map[string]bool{}}
+	if b, err := os.ReadFile(filepath.Join(dir, "modules.builtin")); err == nil {
+		for _, l := range strings.Fields(string(b)) {
+			if n, ok := moduleName(l); ok {
+				ix.builtin[n] = true
+			}
+		}
+	}
+	if b, err := os.ReadFile(filepath.Join(dir, "modules.dep")); err == nil {
+		ix.deps = map[string][]string{}
+		sc := bufio.NewScanner(bytes.NewReader(b))
+		for sc.Scan() {
+			mod, rest, ok := strings.Cut(sc.Text(), ":")
+			n, isMod := moduleName(mod)
+			if !ok || !isMod {
+				continue
+			}
+			ix.path[n] = mod
+			var deps []string
+			for _, d := range strings.Fields(rest) {
+				if dn, ok := moduleName(d); ok {
+					deps = append(deps, dn)
+				}
+			}
+			ix.deps[n] = deps
+		}
+		return ix, nil
+	}
+	err := filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		if n, ok := moduleName(p); ok && !d.IsDir() {
+			rel, _ := filepath.Rel(dir, p)
+			if _, dup := ix.path[n]; !dup {
+				ix.path[n] = rel
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("scan modules %s: %w", dir, err)
+	}
+	return ix, nil
+}
+
+func (ix *moduleIndex) depsOf(name string) ([]string, error) {
+	if ix.deps != nil {
+		return ix.deps[name], nil
+	}
+	b, err := readModule(filepath.Join(ix.dir, ix.path[name]))
+	if err != nil {
+		return nil, err
+	}
+	return modinfoDepends(b)
+}
+
+// resolve returns the wanted modules and everything they depend on, each
+// after its dependencies. Modules built into the kernel are left out.
+func (ix *moduleIndex) resolve(want []moduleWant) ([]Module, error) {
+	var out []Module
+	state := map[string]int{} // 1 visiting, 2 done
+	var visit func(name string, chain []string) error
+	visit = func(name string, chain []string) error {
+		switch {
+		case ix.builtin[name] || state[name] == 2:
+			return nil
+		case state[name] == 1:
+			return fmt.Errorf("module dependency cycle: %s", strings.Join(append(chain, name), " → "))
+		}
+		if _, ok := ix.path[name]; !ok {
+			return fmt.Errorf("module %s is needed by %s but is neither in %s nor built in",
+				name, strings.Join(chain, " → "), ix.dir)
+		}
+		state[name] = 1
+		deps, err := ix.depsOf(name)
+		if err != nil {
+			return fmt.Errorf("module %s: %w", name, err)
+		}
+		for _, d := range deps {
+			if err := visit(d, append(chain, name)); err != nil {
+				return err
+			}
+		}
+		state[name] = 2
+		out = append(out, Module{Name: name, Path: filepath.Join(ix.dir, ix.path[name])})
+		return nil
+	}
+	for _, w := range want {
+		_, present := ix.path[w.name]
+		if w.optional && !present && !ix.builtin[w.name] {
+			continue
+		}
+		if !present && !ix.builtin[w.name] {
+			return nil, fmt.Errorf("kernel modules in %s have no %s (neither a module nor built in); supply a kernel that has it", ix.dir, w.name)
+		}
+		if err := visit(w.name, []string{"guest"}); err != nil {
+			return nil, err
+		}
+	}
+	return out, nil
+}
+
+// readModule returns a module's ELF bytes, decompressing by file name.
+func readModule(path string) ([]byte, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	var r io.Reader = f
+	switch moduleExt(path) {
+	case ".ko.xz":
+		if r, err = xz.NewReader(f); err != nil {
+			return nil, fmt.Errorf("%s: %w", path, err)
+		}
+	case ".ko.zst":
+		d, err := zstd.NewReader(f, zstd.WithDecoderConcurrency(1))
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", path, err)
+		}
+		defer d.Close()
+		r = d
+	case ".ko.gz":
+		if r, err = gzip.NewReader(f); err != nil {
+			return nil, fmt.Errorf("%s: %w", path, err)
+		}
+	}
+	b, err := io.ReadAll(io.LimitReader(r, 256<<20))
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	return b, nil
+}
+
+// modinfoDepends reads the "depends=" entry of a module's .modinfo section
+// (NUL-separated key=value strings).
+func modinfoDepends(ko []byte) ([]string, error) {
+	f, err := elf.NewFile(bytes.NewReader(ko))
+	if err != nil {
+		return nil, fmt.Errorf("not an ELF module: %w", err)
+	}
+	s := f.Section(".modinfo")
+	if s == nil {
+		return nil, errors.New("no .modinfo section")
+	}
+	b, err := s.Data()
+	if err != nil {
+		return nil, fmt.Errorf(".modinfo: %w", err)
+	}
+	for _, kv := range bytes.Split(b, []byte{0}) {
+		if v, ok := bytes.CutPrefix(kv, []byte("depends=")); ok {
+			var deps []string
+			for _, d := range strings.Split(string(v), ",") {
+				if d = strings.TrimSpace(d); d != "" {
+					deps = append(deps, strings.ReplaceAll(d, "-", "_"))
+				}
+			}
+			return deps, nil
+		}
+	}
+	return nil, nil
+}
