@@ -27,7 +27,7 @@ type Node interface {
 	WorkloadPing(ns, idOrName string) (api.WorkloadPingResponse, bool)
 	Info(ns string) api.InfoResponse
 	Deploy(ctx context.Context, ns string, req api.DeployRequest) (api.RunResponse, error)
-	Stop(ctx context.Context, ns string, req api.StopRequest) (api.StopResponse, error)
+	StopWorkload(ctx context.Context, ns string, req api.StopRequest) (api.StopResponse, error)
 	EnterLameDuck(ctx context.Context) error
 }
 
@@ -160,7 +160,7 @@ func (s *Server) stop(m *nats.Msg) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), s.RequestTimeout)
 	defer cancel()
-	resp, err := s.node.Stop(ctx, ns, req)
+	resp, err := s.node.StopWorkload(ctx, ns, req)
 	if err != nil {
 		s.log.Warn("stop refused", "namespace", ns, "error", err)
 	}

@@ -1,0 +1,355 @@
+package node
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nuid"
+
+	"github.com/nex-engine/nex/api"
+	"github.com/nex-engine/nex/internal/agentapi"
+	"github.com/nex-engine/nex/internal/sandbox"
+)
+
+// sandboxHandle is one sandbox the node started: in the pool, bound to a
+// workload, or on its way out.
+type sandboxHandle struct {
+	n   *Node
+	id  string
+	dir string
+	sb  sandbox.Sandbox
+
+	handshake chan agentapi.Handshake // receives once
+
+	mu       sync.Mutex
+	workload *workload // set when bound
+	gone     bool      // discarded: death is expected
+	missed   int       // consecutive failed pings
+
+	discardOnce sync.Once
+}
+
+// newSandbox is the pool's factory: start a sandbox, wait for its agent's
+// handshake, and hand it over ready. Every failure cleans up fully.
+func (n *Node) newSandbox(ctx context.Context) (*sandboxHandle, error) {
+	id := strings.ToLower(nuid.Next())
+	dir := filepath.Join(n.cfg.StateDir, "sandboxes", id)
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("sandbox dir: %w", err)
+	}
+	seed, err := n.internal.AddAgent(id)
+	if err != nil {
+		_ = os.RemoveAll(dir)
+		return nil, err
+	}
+	h := &sandboxHandle{n: n, id: id, dir: dir, handshake: make(chan agentapi.Handshake, 1)}
+	n.mu.Lock()
+	n.sandboxes[id] = h
+	n.mu.Unlock()
+
+	fail := func(err error) (*sandboxHandle, error) {
+		h.Discard()
+		if ctx.Err() == nil {
+			n.pub.Emit(api.SystemNamespace, api.EventSandboxFailed, api.SandboxFailedEvent{SandboxID: id,
+				Driver: n.o.Driver.Name(), Message: err.Error()})
+		}
+		return nil, err
+	}
+	spec := sandbox.Spec{ID: id, Dir: dir, VCPU: n.cfg.MachineTemplate.VCPUCount, MemoryMiB: n.cfg.MachineTemplate.MemSizeMiB,
+		Agent: agentapi.Metadata{SandboxID: id, NATSURL: n.internal.ClientURL(), Seed: seed}}
+	sb, err := n.o.Driver.Start(ctx, spec)
+	if err != nil {
+		return fail(fmt.Errorf("start %s sandbox %s: %w", n.o.Driver.Name(), id, err))
+	}
+	h.mu.Lock()
+	h.sb = sb
+	h.mu.Unlock()
+	n.log.Info("Machine started", keyVMID, id, "driver", n.o.Driver.Name(), "pid", sb.PID())
+
+	timeout := time.NewTimer(n.cfg.HandshakeTimeout.D())
+	defer timeout.Stop()
+	select {
+	case <-h.handshake:
+	case <-sb.Done():
+		return fail(fmt.Errorf("sandbox %s exited before its agent handshook: %v (see %s)", id, sb.Err(), dir))
+	case <-timeout.C:
+		return fail(fmt.Errorf("sandbox %s: no agent handshake within %s", id, n.cfg.HandshakeTimeout.D()))
+	case <-ctx.Done():
+		return fail(ctx.Err())
+	}
+	n.log.Info("Adding new sandbox to warm pool", keyVMID, id, "driver", n.o.Driver.Name())
+	n.bg.Add(1)
+	go h.watch()
+	return h, nil
+}
+
+// watch reacts to a sandbox's exit: a pooled one is dropped (the pool
+// refills), a bound one takes its workload down (and maybe back up).
+func (h *sandboxHandle) watch() {
+	defer h.n.bg.Done()
+	select {
+	case <-h.sb.Done():
+	case <-h.n.ctx.Done():
+		return
+	}
+	h.mu.Lock()
+	expected, w := h.gone, h.workload
+	h.mu.Unlock()
+	if expected {
+		return
+	}
+	n := h.n
+	reason := fmt.Sprintf("sandbox exited: %v", h.sb.Err())
+	n.log.Warn("sandbox died", keyVMID, h.id, "error", h.sb.Err())
+	n.pub.Emit(api.SystemNamespace, api.EventAgentStopped, api.AgentStoppedEvent{Message: reason, Code: -1, SandboxID: h.id})
+	if n.pool.Remove(h) {
+		h.Discard()
+		return
+	}
+	if w != nil {
+		n.workloadEnded(w, h, -1, reason)
+	}
+	h.Discard()
+}
+
+// Discard stops the sandbox (if running), revokes its credentials and
+// removes its files. Safe to call many times.
+func (h *sandboxHandle) Discard() {
+	h.discardOnce.Do(func() {
+		h.mu.Lock()
+		h.gone = true
+		sb := h.sb
+		h.mu.Unlock()
+		if sb != nil {
+			ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+			if err := sb.Stop(ctx); err != nil {
+				h.n.log.Warn("sandbox stop", keyVMID, h.id, "error", err)
+			}
+			cancel()
+		}
+		h.n.internal.RemoveAgent(h.id)
+		if err := os.RemoveAll(h.dir); err != nil {
+			h.n.log.Warn("remove sandbox dir", "dir", h.dir, "error", err)
+		}
+		h.n.mu.Lock()
+		delete(h.n.sandboxes, h.id)
+		h.n.mu.Unlock()
+	})
+}
+
+func (h *sandboxHandle) request(ctx context.Context, subject string, req any, resp any) error {
+	b, err := json.Marshal(req)
+	if err != nil {
+		return err
+	}
+	m, err := h.n.inc.RequestWithContext(ctx, subject, b)
+	if err != nil {
+		return fmt.Errorf("agent %s: %w", h.id, err)
+	}
+	if resp != nil {
+		if err := json.Unmarshal(m.Data, resp); err != nil {
+			return fmt.Errorf("agent %s: bad reply: %w", h.id, err)
+		}
+	}
+	return nil
+}
+
+// subscribeAgents listens to every agent on the internal server. The
+// sandbox id in a subject is trustworthy: agent users may only publish under
+// their own id.
+func (n *Node) subscribeAgents() error {
+	subs := []struct {
+		subject string
+		h       nats.MsgHandler
+	}{
+		{agentapi.HandshakeSubject("*"), n.onHandshake},
+		{agentapi.ArtifactSubject("*"), n.onArtifact},
+		{agentapi.LogsSubject("*"), n.onLog},
+		{agentapi.EventsSubject("*"), n.onAgentEvent},
+	}
+	for _, s := range subs {
+		if _, err := n.inc.Subscribe(s.subject, s.h); err != nil {
+			return fmt.Errorf("subscribe %s: %w", s.subject, err)
+		}
+	}
+	return n.inc.Flush()
+}
+
+func sandboxIDOf(subject string) string { return api.Token(subject, 1) }
+
+func (n *Node) handle(id string) *sandboxHandle {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return n.sandboxes[id]
+}
+
+func (n *Node) onHandshake(m *nats.Msg) {
+	id := sandboxIDOf(m.Subject)
+	var hs agentapi.Handshake
+	reply := agentapi.HandshakeReply{Now: time.Now().UTC(), Entropy: make([]byte, 32)}
+	_, _ = rand.Read(reply.Entropy)
+	h := n.handle(id)
+	switch err := json.Unmarshal(m.Data, &hs); {
+	case err != nil:
+		reply.Error = "malformed handshake: " + err.Error()
+	case h == nil:
+		reply.Error = "unknown sandbox " + id
+	case hs.SandboxID != id:
+		reply.Error = fmt.Sprintf("handshake names sandbox %q on the subject of %q", hs.SandboxID, id)
+	default:
+		reply.OK = true
+	}
+	b, _ := json.Marshal(reply)
+	_ = m.Respond(b)
+	if !reply.OK {
+		n.log.Warn("agent handshake refused", keyVMID, id, "error", reply.Error)
+		return
+	}
+	n.log.Info("Received agent handshake", keyVMID, id, "message", hs.Message, "agent_version", hs.AgentVersion)
+	select {
+	case h.handshake <- hs:
+		n.pub.Emit(api.SystemNamespace, api.EventAgentStarted, api.AgentStartedEvent{AgentVersion: hs.AgentVersion, SandboxID: id})
+	default: // a repeated handshake (reconnect) changes nothing
+	}
+}
+
+func (n *Node) onArtifact(m *nats.Msg) {
+	id := sandboxIDOf(m.Subject)
+	fail := func(msg string) {
+		r := nats.NewMsg(m.Reply)
+		r.Header.Set(agentapi.ErrorHeader, msg)
+		_ = m.RespondMsg(r)
+	}
+	h := n.handle(id)
+	if h == nil {
+		fail("unknown sandbox")
+		return
+	}
+	h.mu.Lock()
+	w := h.workload
+	h.mu.Unlock()
+	if w == nil {
+		fail("no workload is being deployed to this sandbox")
+		return
+	}
+	var req agentapi.ArtifactChunk
+	if err := json.Unmarshal(m.Data, &req); err != nil || req.Offset < 0 || req.Length <= 0 {
+		fail("malformed artifact request")
+		return
+	}
+	f, err := os.Open(w.artifactPath)
+	if err != nil {
+		fail("artifact unavailable: " + err.Error())
+		return
+	}
+	defer f.Close()
+	buf := make([]byte, min(req.Length, agentapi.ChunkSize))
+	k, err := f.ReadAt(buf, req.Offset)
+	if err != nil && !errors.Is(err, io.EOF) {
+		fail("read artifact: " + err.Error())
+		return
+	}
+	_ = m.Respond(buf[:k])
+}
+
+func (n *Node) onLog(m *nats.Msg) {
+	h := n.handle(sandboxIDOf(m.Subject))
+	if h == nil {
+		return
+	}
+	h.mu.Lock()
+	w := h.workload
+	h.mu.Unlock()
+	if w == nil {
+		return
+	}
+	var line agentapi.LogLine
+	if err := json.Unmarshal(m.Data, &line); err != nil {
+		return
+	}
+	level := slog.LevelInfo
+	if line.Stream == "stderr" {
+		level = slog.LevelError
+	}
+	if line.Time.IsZero() {
+		line.Time = time.Now()
+	}
+	n.pub.Log(w.ns, w.id, w.name, line.Text, level, line.Time.UTC())
+}
+
+func (n *Node) onAgentEvent(m *nats.Msg) {
+	h := n.handle(sandboxIDOf(m.Subject))
+	if h == nil {
+		return
+	}
+	var ev agentapi.Event
+	if err := json.Unmarshal(m.Data, &ev); err != nil {
+		return
+	}
+	h.mu.Lock()
+	w := h.workload
+	h.mu.Unlock()
+	if w == nil || ev.Type != agentapi.EventWorkloadExited {
+		return
+	}
+	go n.workloadEnded(w, h, ev.Code, ev.Message)
+}
+
+// pingAgents pings the agent of every bound sandbox; an agent that misses
+// three pings in a row is treated as dead.
+func (n *Node) pingAgents() {
+	defer n.bg.Done()
+	every := n.cfg.AgentPingInterval.D()
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-n.ctx.Done():
+			return
+		case <-t.C:
+		}
+		n.mu.Lock()
+		var hs []*sandboxHandle
+		for _, h := range n.sandboxes {
+			hs = append(hs, h)
+		}
+		n.mu.Unlock()
+		for _, h := range hs {
+			h.mu.Lock()
+			w, gone := h.workload, h.gone
+			h.mu.Unlock()
+			if w == nil || gone {
+				continue
+			}
+			ctx, cancel := context.WithTimeout(n.ctx, min(every, 2*time.Second))
+			var r agentapi.Reply
+			err := h.request(ctx, agentapi.PingSubject(h.id), struct{}{}, &r)
+			cancel()
+			h.mu.Lock()
+			if err != nil {
+				h.missed++
+			} else {
+				h.missed = 0
+			}
+			missed := h.missed
+			h.mu.Unlock()
+			if missed >= 3 {
+				n.log.Warn("agent silent; treating it as dead", keyVMID, h.id, keyWorkload, w.id)
+				n.pub.Emit(api.SystemNamespace, api.EventAgentStopped, api.AgentStoppedEvent{
+					Message: "agent stopped answering pings", Code: -1, SandboxID: h.id})
+				go n.workloadEnded(w, h, -1, "agent stopped answering pings")
+			}
+		}
+	}
+}

@@ -1,0 +1,274 @@
+package node
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nuid"
+
+	"github.com/nex-engine/nex/api"
+	"github.com/nex-engine/nex/internal/agentapi"
+)
+
+// workload is one deployed workload. Its id outlives sandboxes: an essential
+// workload restarted in a fresh sandbox keeps it.
+type workload struct {
+	id, ns, name, typ, hash, description string
+	issuer, jti                          string
+	iat                                  int64
+	essential                            bool
+	argv                                 []string
+	env                                  map[string]string
+	size                                 int64
+	artifactPath                         string
+	deployedAt                           time.Time
+
+	mu         sync.Mutex
+	sandbox    *sandboxHandle // nil while (re)starting or after the end
+	running    bool
+	stopping   bool
+	stopReason string
+	retries    int
+}
+
+func (w *workload) healthy() bool {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.running
+}
+
+// Deploy implements controlapi.Node.
+func (n *Node) Deploy(ctx context.Context, ns string, req api.DeployRequest) (api.RunResponse, error) {
+	n.mu.Lock()
+	stopping, ld := n.stopping, n.lameDuck
+	n.mu.Unlock()
+	switch {
+	case stopping:
+		return api.RunResponse{}, ErrShuttingDown
+	case ld:
+		return api.RunResponse{}, ErrLameDuck
+	}
+	v, env, err := n.checkRequest(req)
+	if err != nil {
+		return api.RunResponse{}, err
+	}
+	w := &workload{id: strings.ToLower(nuid.Next()), ns: ns, name: v.subject, typ: req.WorkloadType, hash: v.hash,
+		description: deref(req.Description), issuer: v.issuer, jti: v.jti, iat: v.iat,
+		essential: deref(req.Essential), argv: req.Argv, env: env}
+	w.artifactPath = filepath.Join(n.artifactDir(), w.id)
+
+	// Reserve the slot now so concurrent deploys cannot overshoot the limit.
+	n.mu.Lock()
+	if len(n.workloads) >= n.cfg.NodeLimits.MaxWorkloads {
+		n.mu.Unlock()
+		return api.RunResponse{}, fmt.Errorf("%w: it runs %d workloads (node_limits.max_workloads)", ErrLimit, n.cfg.NodeLimits.MaxWorkloads)
+	}
+	n.workloads[w.id] = w
+	n.mu.Unlock()
+	release := func() {
+		n.mu.Lock()
+		delete(n.workloads, w.id)
+		n.mu.Unlock()
+		_ = os.Remove(w.artifactPath)
+	}
+
+	if w.size, err = n.fetchArtifact(ctx, req, v.hash, w.artifactPath); err != nil {
+		release()
+		return api.RunResponse{}, err
+	}
+	w.deployedAt = time.Now()
+	if err := n.start(ctx, w); err != nil {
+		release()
+		return api.RunResponse{}, err
+	}
+	n.log.Info("workload deployed", keyWorkload, w.id, "name", w.name, keyNS, ns, "bytes", w.size)
+	n.pub.Emit(ns, api.EventWorkloadDeployed, api.WorkloadDeployedEvent{WorkloadName: w.name, TotalBytes: w.size, WorkloadID: w.id})
+	return api.RunResponse{Started: true, ID: w.id, Issuer: w.issuer, Name: w.name}, nil
+}
+
+// start puts w into a sandbox from the pool and waits until its agent runs
+// it. On failure the sandbox is discarded.
+func (n *Node) start(ctx context.Context, w *workload) error {
+	h, err := n.pool.Take(ctx)
+	if err != nil {
+		st := n.pool.Status()
+		if st.LastError != "" {
+			return fmt.Errorf("%w: %v (last sandbox failure: %s)", ErrSandbox, err, st.LastError)
+		}
+		return fmt.Errorf("%w: %v", ErrSandbox, err)
+	}
+	h.mu.Lock()
+	h.workload = w
+	h.mu.Unlock()
+
+	user, pass := n.internal.AddWorkloadUser(w.id)
+	d := agentapi.Deploy{WorkloadID: w.id, Name: w.name, Namespace: w.ns, Type: w.typ, Argv: w.argv, Env: w.env,
+		Hash: w.hash, Size: w.size, NATSUser: user, NATSPassword: pass}
+
+	// A sandbox that dies mid-deploy must fail the request at once.
+	rctx, cancel := context.WithTimeout(ctx, 60*time.Second)
+	defer cancel()
+	go func() {
+		select {
+		case <-h.sb.Done():
+			cancel()
+		case <-rctx.Done():
+		}
+	}()
+	var r agentapi.Reply
+	err = h.request(rctx, agentapi.DeploySubject(h.id), d, &r)
+	switch {
+	case err == nil && !r.OK:
+		err = errors.New(r.Error)
+	case err != nil && h.sb != nil && isDone(h.sb.Done()):
+		err = fmt.Errorf("sandbox %s died during the deploy: %v", h.id, h.sb.Err())
+	}
+	if err != nil {
+		h.mu.Lock()
+		h.workload = nil
+		h.mu.Unlock()
+		h.Discard()
+		n.internal.RemoveWorkloadUser(w.id)
+		return fmt.Errorf("%w: agent could not start it: %v", ErrSandbox, err)
+	}
+	w.mu.Lock()
+	w.sandbox, w.running = h, true
+	w.mu.Unlock()
+	return nil
+}
+
+func isDone(ch <-chan struct{}) bool {
+	select {
+	case <-ch:
+		return true
+	default:
+		return false
+	}
+}
+
+// workloadEnded handles the end of w's run in h, whatever the cause: exit,
+// undeploy, agent or sandbox death. The first report wins; essential
+// workloads that were not stopped on purpose are restarted with backoff.
+func (n *Node) workloadEnded(w *workload, h *sandboxHandle, code int, msg string) {
+	w.mu.Lock()
+	if w.sandbox != h || h == nil {
+		w.mu.Unlock()
+		return
+	}
+	w.sandbox, w.running = nil, false
+	stopping := w.stopping
+	if stopping {
+		code, msg = 0, w.stopReason
+	}
+	w.mu.Unlock()
+
+	h.Discard()
+	n.internal.RemoveWorkloadUser(w.id)
+	n.log.Info("workload ended", keyWorkload, w.id, "name", w.name, "code", code, "message", msg)
+	n.pub.Emit(w.ns, api.EventWorkloadUndeployed, api.WorkloadUndeployedEvent{WorkloadName: w.name, Code: code, Message: msg, WorkloadID: w.id})
+
+	n.mu.Lock()
+	shutting := n.stopping
+	n.mu.Unlock()
+	if w.essential && !stopping && !shutting {
+		n.bg.Add(1)
+		go n.restart(w)
+		return
+	}
+	n.forget(w)
+}
+
+func (n *Node) forget(w *workload) {
+	n.mu.Lock()
+	delete(n.workloads, w.id)
+	n.mu.Unlock()
+	_ = os.Remove(w.artifactPath)
+}
+
+// restart brings an essential workload back in a fresh sandbox, with
+// exponential backoff between attempts.
+func (n *Node) restart(w *workload) {
+	defer n.bg.Done()
+	for {
+		w.mu.Lock()
+		w.retries++
+		attempt, stopping := w.retries, w.stopping
+		w.mu.Unlock()
+		if stopping {
+			n.forget(w)
+			return
+		}
+		delay := min(time.Duration(1<<min(attempt-1, 5))*250*time.Millisecond, 30*time.Second)
+		n.log.Info("restarting essential workload", keyWorkload, w.id, "name", w.name, "retry_count", attempt, "in", delay)
+		select {
+		case <-time.After(delay):
+		case <-n.ctx.Done():
+			n.forget(w)
+			return
+		}
+		ctx, cancel := context.WithTimeout(n.ctx, 2*time.Minute)
+		err := n.start(ctx, w)
+		cancel()
+		if err == nil {
+			n.pub.Emit(w.ns, api.EventWorkloadDeployed, api.WorkloadDeployedEvent{WorkloadName: w.name, TotalBytes: w.size, WorkloadID: w.id})
+			return
+		}
+		n.log.Warn("essential workload restart failed", keyWorkload, w.id, "error", err)
+	}
+}
+
+// undeploy stops w on purpose: ask the agent, then the sandbox.
+func (n *Node) undeploy(ctx context.Context, w *workload, reason string) {
+	w.mu.Lock()
+	w.stopping, w.stopReason = true, reason
+	h := w.sandbox
+	w.mu.Unlock()
+	if h == nil { // between restarts; restart() forgets it
+		n.forget(w)
+		return
+	}
+	rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	var r agentapi.Reply
+	if err := h.request(rctx, agentapi.UndeploySubject(h.id), agentapi.Undeploy{Reason: reason}, &r); err != nil {
+		n.log.Warn("agent did not confirm undeploy; stopping its sandbox", keyVMID, h.id, "error", err)
+	}
+	select {
+	case <-h.sb.Done():
+	case <-rctx.Done():
+	}
+	cancel()
+	n.workloadEnded(w, h, 0, reason)
+}
+
+// StopWorkload implements controlapi.Node.
+func (n *Node) StopWorkload(ctx context.Context, ns string, req api.StopRequest) (api.StopResponse, error) {
+	if req.TargetNode != "" && req.TargetNode != n.id {
+		return api.StopResponse{}, fmt.Errorf("%w: target_node is %s, this node is %s", ErrWrongNode, req.TargetNode, n.id)
+	}
+	n.mu.Lock()
+	w := n.workloads[req.WorkloadID]
+	n.mu.Unlock()
+	if w == nil || w.ns != ns {
+		return api.StopResponse{}, fmt.Errorf("%w: %q in namespace %s on node %s", ErrUnknownWorkload, req.WorkloadID, ns, n.id)
+	}
+	v, err := n.verifyJWT(req.WorkloadJWT)
+	if err != nil {
+		return api.StopResponse{}, err
+	}
+	switch {
+	case v.issuer != w.issuer:
+		return api.StopResponse{}, fmt.Errorf("%w: the stop JWT is issued by %s, the workload by another issuer", ErrStopDenied, v.issuer)
+	case v.subject != w.name:
+		return api.StopResponse{}, fmt.Errorf("%w: the stop JWT is for workload %q, not %q", ErrStopDenied, v.subject, w.name)
+	case v.jti == w.jti || v.iat == w.iat:
+		return api.StopResponse{}, fmt.Errorf("%w: the stop JWT replays the deploy JWT (same jti or iat); sign a new one", ErrStopDenied)
+	}
+	n.undeploy(ctx, w, "stopped by request")
+	return api.StopResponse{Stopped: true, ID: w.id, Issuer: w.issuer, Name: w.name}, nil
+}
