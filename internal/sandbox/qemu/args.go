@@ -1,0 +1,111 @@
+package qemu
+
+import (
+	"fmt"
+	"strconv"
+	"strings"
+
+	"github.com/nex-engine/nex/internal/accel"
+	"github.com/nex-engine/nex/internal/agentapi"
+)
+
+// Names of a sandbox's files inside its directory. QEMU runs with that
+// directory as its working directory and is given these relative names, so
+// its unix socket paths stay far below the 108-byte sun_path limit however
+// deep the node's state dir is.
+const (
+	consoleFile = "console.log"
+	agentSock   = "agent.sock"
+	qmpSock     = "qmp.sock"
+)
+
+// Guest kernel command line. Every option is there for boot time or
+// reliability on microvm (shared/notes/microvm-on-this-host.md):
+// tsc_early_khz avoids the TSC calibration hang that stalled ~20 % of boots,
+// cryptomgr.notests and the kprobe initcall are the two biggest savings,
+// panic=-1 reboot=t with -no-reboot turn a guest panic into a QEMU exit.
+const kernelCmdline = "console=ttyS0 quiet panic=-1 reboot=t cryptomgr.notests " +
+	"initcall_blacklist=init_kprobe_trace mitigations=off nokaslr"
+
+// ramFile backs guest RAM with a file so it can be shared by snapshot clones.
+type ramFile struct {
+	Path string
+	// Shared maps the file MAP_SHARED (the template writes its RAM into the
+	// file); clones map it privately, copy-on-write.
+	Shared bool
+}
+
+// machine is everything a QEMU command line is made of. Paths of the
+// sandbox's own files are relative to its directory (QEMU's cwd); Kernel,
+// Initrd, RAM and Incoming are absolute.
+type machine struct {
+	Name      string
+	Kernel    string
+	Initrd    string
+	MemoryMiB int
+	VCPU      int
+	Accel     accel.Kind
+	TSCkHz    int // 0: unknown, left out
+	// NATSHost:NATSPort is the node's internal NATS as the host reaches it;
+	// the guest reaches it at agentapi.GuestNATSAddr.
+	NATSHost string
+	NATSPort int
+	RAM      *ramFile
+	// Incoming makes QEMU wait for QMP migrate-incoming (snapshot clones).
+	Incoming bool
+}
+
+func (m machine) args() []string {
+	mopt := "microvm"
+	if m.RAM != nil {
+		mopt += ",memory-backend=mem"
+	}
+	a := []string{
+		"-name", m.Name,
+		"-M", mopt,
+		"-m", strconv.Itoa(m.MemoryMiB),
+		"-smp", strconv.Itoa(m.VCPU),
+		"-nodefaults", "-no-user-config", "-nographic", "-no-reboot",
+		"-accel", string(m.Accel),
+	}
+	if m.Accel == accel.KVM {
+		// Only real KVM can pass the host CPU through; under TCG (and on a
+		// PVM nested hypervisor) -cpu host aborts.
+		a = append(a, "-cpu", "host")
+	}
+	if m.RAM != nil {
+		share := "off"
+		if m.RAM.Shared {
+			share = "on"
+		}
+		a = append(a, "-object", fmt.Sprintf("memory-backend-file,id=mem,size=%dM,mem-path=%s,share=%s",
+			m.MemoryMiB, qemuOptValue(m.RAM.Path), share))
+	}
+	cmdline := kernelCmdline
+	if m.TSCkHz > 0 {
+		cmdline += " tsc_early_khz=" + strconv.Itoa(m.TSCkHz)
+	}
+	a = append(a,
+		"-kernel", m.Kernel,
+		"-initrd", m.Initrd,
+		"-append", cmdline,
+		"-serial", "file:"+consoleFile,
+		// restrict=on: the guest reaches nothing but the one forward to the
+		// node's internal NATS.
+		"-netdev", fmt.Sprintf("user,id=n0,restrict=on,guestfwd=tcp:%s-tcp:%s:%d", agentapi.GuestNATSAddr, m.NATSHost, m.NATSPort),
+		"-device", "virtio-net-device,netdev=n0",
+		// The config channel: the driver listens on agent.sock, QEMU dials it.
+		"-device", "virtio-serial-device",
+		"-chardev", "socket,path="+agentSock+",server=off,id=c0",
+		"-device", "virtserialport,chardev=c0,name="+agentapi.ConfigPortName,
+		"-qmp", "unix:"+qmpSock+",server=on,wait=off",
+	)
+	if m.Incoming {
+		a = append(a, "-incoming", "defer")
+	}
+	return a
+}
+
+// qemuOptValue escapes a value inside a QEMU -object/-device option string,
+// where a comma is written twice.
+func qemuOptValue(s string) string { return strings.ReplaceAll(s, ",", ",,") }

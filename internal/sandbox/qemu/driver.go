@@ -1,0 +1,231 @@
+// Package qemu is the QEMU microVM sandbox driver: each sandbox is a
+// `qemu-system-x86_64 -M microvm` guest booted from nex's own guest image,
+// accelerated by KVM where the host really has it and emulated (TCG)
+// otherwise. The guest reaches nothing but the node's internal NATS (user-mode
+// networking, restrict=on, one guestfwd), and learns who it is over a
+// virtio-serial config channel after it has booted, which is what lets one
+// booted and snapshotted guest be restored many times as fresh clones
+// (Config.Snapshot).
+//
+// Every choice of command line and every figure behind it is in
+// shared/notes/microvm-on-this-host.md.
+package qemu
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/url"
+	"os"
+	"os/exec"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/nex-engine/nex/internal/accel"
+	"github.com/nex-engine/nex/internal/agentapi"
+	"github.com/nex-engine/nex/internal/sandbox"
+)
+
+// Defaults.
+const (
+	DefaultBinary      = "qemu-system-x86_64"
+	DefaultMemoryMiB   = 128
+	DefaultVCPU        = 1
+	DefaultBootTimeout = 60 * time.Second
+)
+
+// Log keys.
+const (
+	logVMID    = "vmid"
+	logPID     = "pid"
+	logAccel   = "accel"
+	logConsole = "console"
+	logStep    = "step"
+	logTook    = "took"
+)
+
+// Config configures the driver. Kernel and Initrd are required; the rest
+// have useful zero values.
+type Config struct {
+	// QEMUBinary is the VMM; default qemu-system-x86_64 found in PATH.
+	QEMUBinary string
+	// Kernel is an uncompressed PVH vmlinux, Initrd an uncompressed cpio
+	// whose /init is the nex agent (package guestimage builds both).
+	Kernel string
+	Initrd string
+	// Accel forces an accelerator; empty detects one (accel.Detect).
+	Accel accel.Kind
+	// Snapshot fills sandboxes by restoring clones of a booted template VM
+	// instead of booting each one; templates live under SnapshotDir.
+	Snapshot    bool
+	SnapshotDir string
+	// BootTimeout bounds QEMU start → the guest's ready line on the config
+	// channel.
+	BootTimeout time.Duration
+	Log         *slog.Logger
+}
+
+// Validate names the first field that is wrong.
+func (c Config) Validate() error {
+	switch {
+	case c.Kernel == "":
+		return errors.New("qemu: Kernel is empty (build the guest image: nex rootfs build)")
+	case c.Initrd == "":
+		return errors.New("qemu: Initrd is empty (build the guest image: nex rootfs build)")
+	case c.Accel != "" && c.Accel != accel.KVM && c.Accel != accel.TCG:
+		return fmt.Errorf("qemu: Accel %q is neither kvm nor tcg", c.Accel)
+	case c.Snapshot && c.SnapshotDir == "":
+		return errors.New("qemu: Snapshot is set but SnapshotDir is empty")
+	case c.BootTimeout < 0:
+		return fmt.Errorf("qemu: BootTimeout %s is negative", c.BootTimeout)
+	}
+	return nil
+}
+
+// Driver starts QEMU microVM sandboxes.
+type Driver struct {
+	cfg   Config
+	accel accel.Choice
+	log   *slog.Logger
+	tsc   int
+
+	tmu       sync.Mutex
+	templates map[Shape]*templateEntry
+	inputs    func() (string, error) // content hash of kernel+initrd, computed once
+}
+
+var (
+	_ sandbox.Driver      = (*Driver)(nil)
+	_ sandbox.Preflighter = (*Driver)(nil)
+)
+
+// New validates c, chooses the accelerator and logs the choice.
+func New(c Config) (*Driver, error) {
+	if err := c.Validate(); err != nil {
+		return nil, err
+	}
+	if c.QEMUBinary == "" {
+		c.QEMUBinary = DefaultBinary
+	}
+	if c.BootTimeout == 0 {
+		c.BootTimeout = DefaultBootTimeout
+	}
+	if c.Log == nil {
+		c.Log = slog.Default()
+	}
+	d := &Driver{
+		cfg:       c,
+		log:       c.Log.With("driver", "qemu"),
+		tsc:       hostTSCkHz(),
+		templates: map[Shape]*templateEntry{},
+	}
+	d.accel = accel.Detect()
+	if c.Accel != "" && c.Accel != d.accel.Accel {
+		d.accel = accel.Choice{Accel: c.Accel, Reason: fmt.Sprintf("forced by config (detection said: %s)", d.accel.Reason)}
+	}
+	d.inputs = sync.OnceValues(d.hashInputs)
+	d.log.Info("QEMU accelerator chosen", logAccel, d.accel.Accel, "reason", d.accel.Reason)
+	if d.tsc == 0 {
+		d.log.Warn("host TSC frequency unknown (no 'cpu MHz' in /proc/cpuinfo); guests may hang calibrating their TSC")
+	}
+	return d, nil
+}
+
+// Name is the driver's config name.
+func (d *Driver) Name() string { return "qemu" }
+
+// Accel is the accelerator the driver uses and why.
+func (d *Driver) Accel() accel.Choice { return d.accel }
+
+// Shape is the size of a VM; snapshot templates are kept per shape.
+type Shape struct {
+	VCPU      int
+	MemoryMiB int
+}
+
+func shapeOf(spec sandbox.Spec) Shape {
+	s := Shape{VCPU: spec.VCPU, MemoryMiB: spec.MemoryMiB}
+	if s.VCPU <= 0 {
+		s.VCPU = DefaultVCPU
+	}
+	if s.MemoryMiB <= 0 {
+		s.MemoryMiB = DefaultMemoryMiB
+	}
+	return s
+}
+
+// Start boots a sandbox (or restores a clone of its shape's template when
+// Config.Snapshot is set) and returns once QEMU runs the guest. The guest's
+// agent is given its identity on the config channel in the background; the
+// caller awaits its handshake on the internal NATS.
+func (d *Driver) Start(ctx context.Context, spec sandbox.Spec) (sandbox.Sandbox, error) {
+	if err := spec.Agent.Validate(); err != nil {
+		return nil, fmt.Errorf("start vm %s: %w", spec.ID, err)
+	}
+	if spec.ID == "" || spec.Dir == "" {
+		return nil, fmt.Errorf("start vm: spec needs an ID and a Dir (got %q, %q)", spec.ID, spec.Dir)
+	}
+	host, port, err := natsHostPort(spec.Agent.NATSURL)
+	if err != nil {
+		return nil, fmt.Errorf("start vm %s: %w", spec.ID, err)
+	}
+	guest := spec.Agent
+	guest.NATSURL = "nats://" + agentapi.GuestNATSAddr
+
+	v := d.newVM(spec.ID, spec.Dir, shapeOf(spec))
+	v.mach.NATSHost, v.mach.NATSPort = host, port
+	v.guestMeta = &guest
+	ctx, cancel := context.WithTimeout(ctx, d.cfg.BootTimeout)
+	defer cancel()
+	boot := coldBoot()
+	if d.cfg.Snapshot {
+		boot = cloneBoot()
+	}
+	if err := v.run(ctx, boot); err != nil {
+		v.kill()
+		<-v.doneOrNil()
+		return nil, fmt.Errorf("start vm %s: %w", spec.ID, err)
+	}
+	return v, nil
+}
+
+// natsHostPort turns the internal server's URL into the host side of the
+// guest's forward. Slirp forwards to an IP, so "localhost" is spelled out.
+func natsHostPort(raw string) (string, int, error) {
+	u, err := url.Parse(raw)
+	if err != nil {
+		return "", 0, fmt.Errorf("agent nats url %q: %w", raw, err)
+	}
+	host, p := u.Hostname(), u.Port()
+	if p == "" {
+		p = "4222"
+	}
+	port, err := strconv.Atoi(p)
+	if err != nil || port <= 0 || port > 65535 {
+		return "", 0, fmt.Errorf("agent nats url %q: bad port", raw)
+	}
+	if host == "localhost" {
+		host = "127.0.0.1"
+	}
+	if net.ParseIP(host).To4() == nil {
+		return "", 0, fmt.Errorf("agent nats url %q: the guest forward needs an IPv4 address, got %q", raw, host)
+	}
+	return host, port, nil
+}
+
+// binary resolves the QEMU executable.
+func (d *Driver) binary() (string, error) {
+	p, err := exec.LookPath(d.cfg.QEMUBinary)
+	if err != nil {
+		return "", fmt.Errorf("qemu binary %q not found (fix: apt-get install -y qemu-system-x86): %w", d.cfg.QEMUBinary, err)
+	}
+	return p, nil
+}
+
+func fileExists(p string) bool {
+	_, err := os.Stat(p)
+	return err == nil
+}

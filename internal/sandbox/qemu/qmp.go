@@ -1,0 +1,180 @@
+package qemu
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"syscall"
+	"time"
+)
+
+// qmp is a minimal client of the QEMU Machine Protocol: one command at a
+// time over a unix socket, events read and dropped. That is all the driver
+// needs (quit, migration, status) and keeps a dependency out.
+type qmp struct {
+	conn net.Conn
+	r    *bufio.Reader
+}
+
+// QMPError is an error QEMU returned for a command.
+type QMPError struct {
+	Command string
+	Class   string `json:"class"`
+	Desc    string `json:"desc"`
+}
+
+func (e *QMPError) Error() string {
+	return fmt.Sprintf("qmp %s: %s: %s", e.Command, e.Class, e.Desc)
+}
+
+// qmpReply is any message QEMU sends: the greeting, a command's return or
+// error, or an asynchronous event.
+type qmpReply struct {
+	Greeting json.RawMessage `json:"QMP"`
+	Return   json.RawMessage `json:"return"`
+	Error    *QMPError       `json:"error"`
+	Event    string          `json:"event"`
+}
+
+// dialQMP connects to QEMU's QMP socket, reads the greeting and leaves
+// capabilities negotiation mode. QEMU creates the socket shortly after it
+// starts, so a missing or refusing socket is retried until ctx ends.
+func dialQMP(ctx context.Context, path string) (*qmp, error) {
+	var d net.Dialer
+	for {
+		conn, err := d.DialContext(ctx, "unix", path)
+		if err == nil {
+			q := &qmp{conn: conn, r: bufio.NewReader(conn)}
+			if err := q.handshake(ctx); err != nil {
+				conn.Close()
+				return nil, err
+			}
+			return q, nil
+		}
+		if !errors.Is(err, os.ErrNotExist) && !errors.Is(err, syscall.ECONNREFUSED) {
+			return nil, fmt.Errorf("qmp dial %s: %w", path, err)
+		}
+		select {
+		case <-ctx.Done():
+			return nil, fmt.Errorf("qmp dial %s: %w (last: %v)", path, ctx.Err(), err)
+		case <-time.After(5 * time.Millisecond):
+		}
+	}
+}
+
+func (q *qmp) handshake(ctx context.Context) error {
+	stop := q.bind(ctx)
+	defer stop()
+	msg, err := q.read()
+	if err != nil {
+		return fmt.Errorf("qmp greeting: %w", ctxErr(ctx, err))
+	}
+	if msg.Greeting == nil {
+		return errors.New("qmp greeting: unexpected first message")
+	}
+	return q.exec(ctx, "qmp_capabilities", nil, nil)
+}
+
+// exec runs one command and decodes its return value into out (if not nil).
+func (q *qmp) exec(ctx context.Context, command string, args, out any) error {
+	stop := q.bind(ctx)
+	defer stop()
+	req := struct {
+		Execute   string `json:"execute"`
+		Arguments any    `json:"arguments,omitempty"`
+	}{command, args}
+	b, err := json.Marshal(req)
+	if err != nil {
+		return fmt.Errorf("qmp %s: %w", command, err)
+	}
+	if _, err := q.conn.Write(append(b, '\n')); err != nil {
+		return fmt.Errorf("qmp %s: %w", command, ctxErr(ctx, err))
+	}
+	for {
+		msg, err := q.read()
+		if err != nil {
+			return fmt.Errorf("qmp %s: %w", command, ctxErr(ctx, err))
+		}
+		switch {
+		case msg.Event != "":
+			continue
+		case msg.Error != nil:
+			msg.Error.Command = command
+			return msg.Error
+		case msg.Return != nil:
+			if out == nil {
+				return nil
+			}
+			if err := json.Unmarshal(msg.Return, out); err != nil {
+				return fmt.Errorf("qmp %s: decode reply: %w", command, err)
+			}
+			return nil
+		}
+	}
+}
+
+func (q *qmp) read() (qmpReply, error) {
+	line, err := q.r.ReadBytes('\n')
+	if err != nil {
+		return qmpReply{}, err
+	}
+	var msg qmpReply
+	if err := json.Unmarshal(line, &msg); err != nil {
+		return qmpReply{}, fmt.Errorf("bad message %q: %w", line, err)
+	}
+	return msg, nil
+}
+
+// bind makes blocking reads and writes end with ctx: at its deadline, or at
+// once when it is cancelled.
+func (q *qmp) bind(ctx context.Context) (stop func()) {
+	dl, _ := ctx.Deadline()
+	q.conn.SetDeadline(dl)
+	unhook := context.AfterFunc(ctx, func() { q.conn.SetDeadline(time.Unix(1, 0)) })
+	return func() { unhook(); q.conn.SetDeadline(time.Time{}) }
+}
+
+func ctxErr(ctx context.Context, err error) error {
+	if ctx.Err() != nil {
+		return fmt.Errorf("%w (%v)", ctx.Err(), err)
+	}
+	return err
+}
+
+func (q *qmp) Close() error { return q.conn.Close() }
+
+// The commands the driver uses.
+
+type qmpStatus struct {
+	Status  string `json:"status"`
+	Running bool   `json:"running"`
+}
+
+func (q *qmp) status(ctx context.Context) (qmpStatus, error) {
+	var s qmpStatus
+	return s, q.exec(ctx, "query-status", nil, &s)
+}
+
+type migrationInfo struct {
+	Status    string `json:"status"`
+	ErrorDesc string `json:"error-desc"`
+}
+
+func (q *qmp) migration(ctx context.Context) (migrationInfo, error) {
+	var m migrationInfo
+	return m, q.exec(ctx, "query-migrate", nil, &m)
+}
+
+// setCapability turns one migration capability on or off.
+func (q *qmp) setCapability(ctx context.Context, name string, on bool) error {
+	type capability struct {
+		Capability string `json:"capability"`
+		State      bool   `json:"state"`
+	}
+	return q.exec(ctx, "migrate-set-capabilities",
+		map[string]any{"capabilities": []capability{{name, on}}}, nil)
+}
