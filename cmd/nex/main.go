@@ -7,10 +7,14 @@ import (
 	"os/signal"
 	"syscall"
 
+	"github.com/nex-engine/nex/internal/agent/vminit"
 	"github.com/nex-engine/nex/internal/cli"
 )
 
 func main() {
+	if vminit.Wanted() { // PID 1 of a microVM, or the agent it runs
+		vminit.Main() // never returns
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	os.Exit(cli.Main(ctx, os.Args[1:], os.Stdout, os.Stderr))

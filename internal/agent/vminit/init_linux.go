@@ -1,0 +1,453 @@
+package vminit
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/url"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+	"unsafe"
+
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+
+	"github.com/nex-engine/nex/internal/agent"
+	"github.com/nex-engine/nex/internal/agentapi"
+)
+
+// The agent child is this same binary re-run with roleEnv set; its metadata
+// comes on fd 3 rather than in the environment, so the seed is never in an
+// environment a workload could inherit.
+const (
+	roleEnv   = "NEX_VMINIT_ROLE"
+	roleAgent = "agent"
+	metaFD    = 3
+)
+
+// Bounds of the waits of init. Devices appear within milliseconds of their
+// module loading; the config answer may take as long as the host is busy.
+const (
+	pollEvery  = 5 * time.Millisecond
+	ethWait    = 3 * time.Second
+	portWait   = 3 * time.Second
+	configWait = 60 * time.Second
+	guestEth   = "eth0"
+	virtioNet  = 1
+	workDir    = "/tmp/work"
+)
+
+// paths of the guest; a struct so the same code could run against another
+// root.
+type paths struct {
+	sysfs, dev, proc, modules string
+}
+
+var guestPaths = paths{sysfs: "/sys", dev: "/dev", proc: "/proc", modules: "/modules"}
+
+// Wanted reports whether this process belongs to vminit: PID 1 of a VM, or
+// the agent child PID 1 started.
+func Wanted() bool { return os.Getpid() == 1 || os.Getenv(roleEnv) == roleAgent }
+
+// Main runs vminit and never returns: as PID 1 it boots the guest, runs the
+// agent child and powers off; as that child it runs the agent and exits.
+func Main() {
+	log := slog.New(slog.NewTextHandler(os.Stderr, nil))
+	if os.Getpid() != 1 {
+		os.Exit(agentMain(log.With("role", "agent")))
+	}
+	initMain(log.With("role", "init"))
+}
+
+// vm is PID 1's state while it boots.
+type vm struct {
+	log *slog.Logger
+	p   paths
+	cfg agentapi.VMConfig
+	// via tells where the config came from, for the log.
+	via string
+}
+
+// bootSteps is what PID 1 does before it starts the agent, in order.
+func (v *vm) bootSteps() []step {
+	steps := make([]step, 0, 16)
+	for _, m := range mounts {
+		steps = append(steps, step{name: "mount " + m.target, run: m.mount})
+	}
+	return append(steps,
+		step{name: "load modules", run: v.loadModules},
+		step{name: "loopback up", run: linkUp("lo")},
+		step{name: "network " + guestEth, run: v.network},
+		step{name: "config", run: v.config},
+		step{name: "set clock", run: v.setClock, optional: true},
+		step{name: "seed entropy", run: v.seedEntropy, optional: true},
+		step{name: "nats forwarder", run: v.startForwarder},
+	)
+}
+
+type mountPoint struct {
+	source, target, fstype string
+	flags                  uintptr
+	data                   string
+}
+
+var mounts = []mountPoint{
+	{"proc", "/proc", "proc", unix.MS_NOSUID | unix.MS_NODEV | unix.MS_NOEXEC, ""},
+	{"sysfs", "/sys", "sysfs", unix.MS_NOSUID | unix.MS_NODEV | unix.MS_NOEXEC, ""},
+	{"devtmpfs", "/dev", "devtmpfs", unix.MS_NOSUID, "mode=0755"},
+	{"tmpfs", "/tmp", "tmpfs", unix.MS_NOSUID | unix.MS_NODEV, "mode=1777"},
+	{"tmpfs", "/run", "tmpfs", unix.MS_NOSUID | unix.MS_NODEV, "mode=0755"},
+}
+
+func (m mountPoint) mount(context.Context) error {
+	if err := os.MkdirAll(m.target, 0o755); err != nil {
+		return err
+	}
+	err := unix.Mount(m.source, m.target, m.fstype, m.flags, m.data)
+	if errors.Is(err, unix.EBUSY) {
+		return nil // already mounted
+	}
+	return err
+}
+
+// loadModules loads what the image builder listed, in its order. A module
+// the kernel already has (built in, or loaded) reports EEXIST, which is fine.
+func (v *vm) loadModules(context.Context) error {
+	b, err := os.ReadFile(filepath.Join(v.p.modules, "order"))
+	if errors.Is(err, os.ErrNotExist) {
+		return nil // an image whose kernel has everything built in
+	}
+	if err != nil {
+		return err
+	}
+	var loaded []string
+	for _, name := range strings.Fields(string(b)) {
+		if err := loadModule(filepath.Join(v.p.modules, name)); err != nil {
+			return fmt.Errorf("%s: %w", name, err)
+		}
+		loaded = append(loaded, strings.TrimSuffix(name, filepath.Ext(name)))
+	}
+	v.log.Debug("modules loaded", "modules", loaded)
+	return nil
+}
+
+func loadModule(path string) error {
+	f, err := os.Open(path)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	flags := 0
+	if !strings.HasSuffix(path, ".ko") {
+		// .ko.xz / .ko.zst / .ko.gz: the kernel decompresses (5.17+).
+		flags = unix.MODULE_INIT_COMPRESSED_FILE
+	}
+	err = unix.FinitModule(int(f.Fd()), "", flags)
+	if errors.Is(err, unix.EEXIST) {
+		return nil
+	}
+	return err
+}
+
+func linkUp(name string) func(context.Context) error {
+	return func(context.Context) error {
+		l, err := netlink.LinkByName(name)
+		if err != nil {
+			return err
+		}
+		return netlink.LinkSetUp(l)
+	}
+}
+
+// network gives the guest its fixed address on QEMU's user-mode network.
+// A VM without a virtio-net device (Firecracker on vsock) skips it.
+func (v *vm) network(ctx context.Context) error {
+	if !hasVirtioDevice(v.p.sysfs, virtioNet) {
+		v.log.Info("no virtio-net device; no network")
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(ctx, ethWait)
+	defer cancel()
+	t := time.NewTicker(pollEvery)
+	defer t.Stop()
+	var link netlink.Link
+	for {
+		var err error
+		if link, err = netlink.LinkByName(guestEth); err == nil {
+			break
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("%s did not appear: %w", guestEth, err)
+		case <-t.C:
+		}
+	}
+	addr, err := netlink.ParseAddr(fmt.Sprintf("%s/%d", agentapi.GuestIP, agentapi.GuestNetmask))
+	if err != nil {
+		return err
+	}
+	if err := netlink.AddrAdd(link, addr); err != nil && !errors.Is(err, unix.EEXIST) {
+		return fmt.Errorf("address %s: %w", addr, err)
+	}
+	return netlink.LinkSetUp(link)
+}
+
+// config learns the VM's identity: from the host over the config port when
+// the VM has virtio-serial, else from the kernel command line.
+func (v *vm) config(ctx context.Context) error {
+	var portErr error
+	if hasVirtioDevice(v.p.sysfs, virtioConsoleID) {
+		cfg, err := v.configFromPort(ctx)
+		if err == nil {
+			v.cfg, v.via = cfg, "config port"
+			v.log.Info("config", "via", v.via, "sandbox", cfg.Metadata.SandboxID)
+			return nil
+		}
+		portErr = err
+	}
+	cfg, err := configFromCmdline(filepath.Join(v.p.proc, "cmdline"))
+	if err != nil {
+		if portErr != nil {
+			return fmt.Errorf("%w; %w", portErr, err)
+		}
+		return err
+	}
+	v.cfg, v.via = cfg, "kernel command line"
+	v.log.Info("config", "via", v.via, "sandbox", cfg.Metadata.SandboxID)
+	return nil
+}
+
+func (v *vm) configFromPort(ctx context.Context) (agentapi.VMConfig, error) {
+	wctx, cancel := context.WithTimeout(ctx, portWait)
+	port, err := waitPort(wctx, v.p.sysfs, agentapi.ConfigPortName)
+	cancel()
+	if err != nil {
+		return agentapi.VMConfig{}, err
+	}
+	dev, err := portDevice(v.p.sysfs, v.p.dev, port, func(path string, major, minor uint32) error {
+		return unix.Mknod(path, unix.S_IFCHR|0o600, int(unix.Mkdev(major, minor)))
+	})
+	if err != nil {
+		return agentapi.VMConfig{}, err
+	}
+	f, err := os.OpenFile(dev, os.O_RDWR, 0)
+	if err != nil {
+		return agentapi.VMConfig{}, err
+	}
+	defer f.Close()
+	// A read on the port blocks until the host answers; closing the file
+	// when the wait is over unblocks it.
+	ctx, cancel = context.WithTimeout(ctx, configWait)
+	defer cancel()
+	stop := context.AfterFunc(ctx, func() { f.Close() })
+	defer stop()
+	cfg, err := exchangeConfig(f)
+	if err != nil && ctx.Err() != nil {
+		return cfg, fmt.Errorf("no config from the host on %s within %s", dev, configWait)
+	}
+	return cfg, err
+}
+
+func (v *vm) setClock(context.Context) error {
+	if v.cfg.Now.IsZero() {
+		return nil
+	}
+	ts := unix.NsecToTimespec(v.cfg.Now.UnixNano())
+	return unix.ClockSettime(unix.CLOCK_REALTIME, &ts)
+}
+
+// seedEntropy mixes the host's bytes into the kernel pool and credits them,
+// so a fresh (or restored) guest does not start with the same or a starved
+// RNG. Writing to /dev/urandom, the fallback, mixes without crediting.
+func (v *vm) seedEntropy(context.Context) error {
+	e := v.cfg.Entropy
+	if len(e) == 0 {
+		return nil
+	}
+	f, err := os.OpenFile(filepath.Join(v.p.dev, "urandom"), os.O_WRONLY, 0)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	// struct rand_pool_info { int entropy_count; int buf_size; __u32 buf[]; }
+	buf := make([]byte, 8+len(e))
+	*(*int32)(unsafe.Pointer(&buf[0])) = int32(8 * len(e))
+	*(*int32)(unsafe.Pointer(&buf[4])) = int32(len(e))
+	copy(buf[8:], e)
+	_, _, errno := unix.Syscall(unix.SYS_IOCTL, f.Fd(), unix.RNDADDENTROPY, uintptr(unsafe.Pointer(&buf[0])))
+	if errno == 0 {
+		return nil
+	}
+	if _, err := f.Write(e); err != nil {
+		return fmt.Errorf("RNDADDENTROPY: %w; write: %w", errno, err)
+	}
+	return nil
+}
+
+// startForwarder listens where workloads look for NATS and forwards to the
+// node's address as the guest reaches it.
+func (v *vm) startForwarder(ctx context.Context) error {
+	u, err := url.Parse(v.cfg.Metadata.NATSURL)
+	if err != nil || u.Host == "" {
+		return fmt.Errorf("nats url %q: no host:port", v.cfg.Metadata.NATSURL)
+	}
+	ln, err := net.Listen("tcp", agentapi.WorkloadNATSAddr)
+	if err != nil {
+		return err
+	}
+	var d net.Dialer
+	dial := func(ctx context.Context) (net.Conn, error) { return d.DialContext(ctx, "tcp", u.Host) }
+	go func() {
+		if err := forward(ctx, ln, dial, v.log); err != nil {
+			v.log.Error("nats forwarder", keyError, err)
+		}
+	}()
+	return nil
+}
+
+func initMain(log *slog.Logger) {
+	defer func() {
+		if r := recover(); r != nil {
+			log.Error("init panicked", "panic", r)
+			powerOff(log)
+		}
+	}()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	v := &vm{log: log, p: guestPaths}
+	if err := runSteps(ctx, log, v.bootSteps()); err != nil {
+		log.Error("boot failed; powering off", keyError, err)
+		powerOff(log)
+	}
+	log.Info("booted", "uptime", uptime(v.p.proc))
+
+	// SIGCHLD is registered before the child exists so no exit goes unseen.
+	sigs := make(chan os.Signal, 16)
+	signal.Notify(sigs, syscall.SIGCHLD)
+	pid, err := startAgent(v.cfg.Metadata)
+	if err != nil {
+		log.Error("start agent; powering off", keyError, err)
+		powerOff(log)
+	}
+	ws := reapUntil(pid, sigs, log)
+	log.Info("agent exited; powering off", "status", exitStatus(ws))
+	cancel()
+	powerOff(log)
+}
+
+// startAgent re-runs /init as the agent child with the metadata on fd 3.
+func startAgent(m agentapi.Metadata) (int, error) {
+	exe, err := os.Executable()
+	if err != nil {
+		exe = "/init"
+	}
+	r, w, err := os.Pipe()
+	if err != nil {
+		return 0, err
+	}
+	defer r.Close()
+	env := append(os.Environ(), roleEnv+"="+roleAgent)
+	pid, err := syscall.ForkExec(exe, []string{exe}, &syscall.ProcAttr{
+		Env:   env,
+		Files: []uintptr{0, 1, 2, r.Fd()},
+	})
+	if err != nil {
+		w.Close()
+		return 0, fmt.Errorf("fork %s: %w", exe, err)
+	}
+	err = json.NewEncoder(w).Encode(m)
+	w.Close()
+	return pid, err
+}
+
+// reapUntil reaps every child that reaches PID 1 (the agent, and orphans
+// re-parented to init) and returns the agent's status once it has exited.
+// Each SIGCHLD drains all exited children: signals coalesce.
+func reapUntil(agentPID int, sigs <-chan os.Signal, log *slog.Logger) unix.WaitStatus {
+	for {
+		for {
+			var ws unix.WaitStatus
+			pid, err := unix.Wait4(-1, &ws, unix.WNOHANG, nil)
+			if errors.Is(err, unix.EINTR) {
+				continue
+			}
+			if err != nil || pid <= 0 {
+				break
+			}
+			if pid == agentPID {
+				return ws
+			}
+			log.Debug("reaped orphan", "pid", pid, "status", exitStatus(ws))
+		}
+		<-sigs
+	}
+}
+
+func exitStatus(ws unix.WaitStatus) string {
+	if ws.Signaled() {
+		return "signal " + ws.Signal().String()
+	}
+	return fmt.Sprintf("exit %d", ws.ExitStatus())
+}
+
+// powerOff ends the VM. It needs ACPI; where that fails, RESTART ends it
+// too, because nex runs QEMU with -no-reboot. Should both fail, PID 1 exits,
+// the kernel panics and panic=-1 reboots, which again ends QEMU.
+func powerOff(log *slog.Logger) {
+	unix.Sync()
+	err := unix.Reboot(unix.LINUX_REBOOT_CMD_POWER_OFF)
+	log.Error("power off", keyError, err)
+	err = unix.Reboot(unix.LINUX_REBOOT_CMD_RESTART)
+	log.Error("restart", keyError, err)
+	os.Exit(1)
+}
+
+func uptime(proc string) string {
+	b, err := os.ReadFile(filepath.Join(proc, "uptime"))
+	if err != nil {
+		return "?"
+	}
+	f := strings.Fields(string(b))
+	if len(f) == 0 {
+		return "?"
+	}
+	return f[0] + "s"
+}
+
+// agentMain is the agent child: metadata from fd 3, then agent.Run.
+func agentMain(log *slog.Logger) int {
+	os.Unsetenv(roleEnv)
+	f := os.NewFile(metaFD, "metadata")
+	var m agentapi.Metadata
+	err := json.NewDecoder(f).Decode(&m)
+	f.Close()
+	if err != nil {
+		log.Error("read metadata from init", keyError, err)
+		return 2
+	}
+	if err := os.MkdirAll(workDir, 0o755); err != nil {
+		log.Error("work dir", keyError, err)
+		return 2
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
+	defer stop()
+	err = agent.Run(ctx, agent.Options{
+		Meta:             m,
+		Log:              log,
+		PID1:             true,
+		WorkloadNATSAddr: agentapi.WorkloadNATSAddr,
+		WorkDir:          workDir,
+	})
+	if err != nil {
+		log.Error("agent", keyError, err)
+		return 1
+	}
+	return 0
+}

@@ -1,0 +1,60 @@
+// Package vminit is the agent as PID 1 of a microVM: it mounts the kernel's
+// file systems, loads the virtio modules the guest image carries, brings up
+// the network, learns its identity from the host, sets the clock and seeds
+// randomness, forwards the workloads' NATS, then runs the agent and powers
+// the VM off when the agent is done.
+//
+// PID 1 stays a small supervisor and runs the agent as its only child (the
+// same /init binary, re-run with a role variable): every orphan in the guest
+// is re-parented to PID 1, and a PID 1 that reaps with wait4(-1) would steal
+// the exit status of the workload processes the agent waits for with
+// os/exec. With the agent in a child, PID 1 may reap anything that reaches
+// it, and the agent alone waits for its own children.
+package vminit
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"time"
+)
+
+// A step is one named thing init does; the sequence is data (see
+// bootSteps), run by runSteps, so a snapshot-restore path can drop or swap
+// steps without touching the loop.
+type step struct {
+	name string
+	run  func(ctx context.Context) error
+	// optional steps log their failure and init goes on.
+	optional bool
+}
+
+// runSteps runs steps in order, logging each with how long it took, and
+// stops at the first failure of a required step.
+func runSteps(ctx context.Context, log *slog.Logger, steps []step) error {
+	for _, s := range steps {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		start := time.Now()
+		err := s.run(ctx)
+		took := time.Since(start).Round(time.Microsecond)
+		switch {
+		case err == nil:
+			log.Info("init", keyStep, s.name, keyTook, took)
+		case s.optional:
+			log.Warn("init", keyStep, s.name, keyTook, took, keyError, err)
+		default:
+			log.Error("init", keyStep, s.name, keyTook, took, keyError, err)
+			return fmt.Errorf("init step %s: %w", s.name, err)
+		}
+	}
+	return nil
+}
+
+// Log keys.
+const (
+	keyStep  = "step"
+	keyTook  = "took"
+	keyError = "error"
+)

@@ -1,0 +1,232 @@
+package vminit
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"reflect"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+
+	"github.com/nex-engine/nex/internal/agentapi"
+)
+
+func testLog(t *testing.T) *slog.Logger {
+	return slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelDebug}))
+}
+
+func TestRunStepsOrderAndFailure(t *testing.T) {
+	var ran []string
+	mk := func(name string, err error, optional bool) step {
+		return step{name: name, optional: optional, run: func(context.Context) error { ran = append(ran, name); return err }}
+	}
+	boom := errors.New("boom")
+	err := runSteps(context.Background(), testLog(t), []step{
+		mk("a", nil, false),
+		mk("b", errors.New("soft"), true),
+		mk("c", boom, false),
+		mk("d", nil, false),
+	})
+	if !errors.Is(err, boom) || !strings.Contains(err.Error(), "init step c") {
+		t.Fatalf("err = %v, want the failure of step c", err)
+	}
+	if want := []string{"a", "b", "c"}; !reflect.DeepEqual(ran, want) {
+		t.Fatalf("ran %v, want %v", ran, want)
+	}
+
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	ran = nil
+	if err := runSteps(ctx, testLog(t), []step{mk("a", nil, false)}); !errors.Is(err, context.Canceled) || len(ran) != 0 {
+		t.Fatalf("cancelled: err %v, ran %v", err, ran)
+	}
+}
+
+func TestBootStepsTable(t *testing.T) {
+	v := &vm{log: testLog(t), p: guestPaths}
+	var names []string
+	for _, s := range v.bootSteps() {
+		names = append(names, s.name)
+	}
+	// The order is the contract with the kernel: file systems before
+	// modules, devices before the config channel, identity before anything
+	// that uses it.
+	want := []string{"mount /proc", "mount /sys", "mount /dev", "mount /tmp", "mount /run", "load modules",
+		"loopback up", "network eth0", "config", "set clock", "seed entropy", "nats forwarder"}
+	if !reflect.DeepEqual(names, want) {
+		t.Fatalf("boot steps %v\nwant       %v", names, want)
+	}
+}
+
+// fakeSysfs lays out the bits of /sys that init reads.
+func fakeSysfs(t *testing.T, ports map[string]string, devices map[string]string) string {
+	t.Helper()
+	root := t.TempDir()
+	for port, name := range ports {
+		d := filepath.Join(root, "class", "virtio-ports", port)
+		os.MkdirAll(d, 0o755)
+		os.WriteFile(filepath.Join(d, "name"), []byte(name+"\n"), 0o644)
+		os.WriteFile(filepath.Join(d, "dev"), []byte("243:1\n"), 0o644)
+	}
+	for dev, id := range devices {
+		d := filepath.Join(root, "bus", "virtio", "devices", dev)
+		os.MkdirAll(d, 0o755)
+		os.WriteFile(filepath.Join(d, "device"), []byte(id+"\n"), 0o644)
+	}
+	return root
+}
+
+func TestPortDiscovery(t *testing.T) {
+	sys := fakeSysfs(t,
+		map[string]string{"vport0p0": "org.qemu.guest_agent.0", "vport1p1": agentapi.ConfigPortName},
+		map[string]string{"virtio0": "0x0001", "virtio1": "0x0003"})
+	if p := findPort(sys, agentapi.ConfigPortName); p != "vport1p1" {
+		t.Fatalf("findPort = %q, want vport1p1", p)
+	}
+	if p := findPort(sys, "absent"); p != "" {
+		t.Fatalf("findPort(absent) = %q", p)
+	}
+	if !hasVirtioDevice(sys, virtioConsoleID) || !hasVirtioDevice(sys, virtioNet) || hasVirtioDevice(sys, 19) {
+		t.Fatal("virtio device ids misread")
+	}
+
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Millisecond)
+	defer cancel()
+	if _, err := waitPort(ctx, sys, "absent"); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("waitPort(absent) err = %v", err)
+	}
+	// A port named after the wait began is found.
+	go func() {
+		d := filepath.Join(sys, "class", "virtio-ports", "vport2p1")
+		os.MkdirAll(d, 0o755)
+		os.WriteFile(filepath.Join(d, "name"), []byte("late\n"), 0o644)
+	}()
+	if p, err := waitPort(context.Background(), sys, "late"); err != nil || p != "vport2p1" {
+		t.Fatalf("waitPort(late) = %q, %v", p, err)
+	}
+
+	dev := t.TempDir()
+	var made string
+	var maj, min uint32
+	mknod := func(p string, a, b uint32) error { made, maj, min = p, a, b; return os.WriteFile(p, nil, 0o600) }
+	got, err := portDevice(sys, dev, "vport1p1", mknod)
+	if err != nil || got != filepath.Join(dev, "vport1p1") || made != got || maj != 243 || min != 1 {
+		t.Fatalf("portDevice = %q, %v (mknod %q %d:%d)", got, err, made, maj, min)
+	}
+	made = ""
+	if got, err := portDevice(sys, dev, "vport1p1", mknod); err != nil || made != "" || got == "" {
+		t.Fatalf("existing node: %q, %v, mknod called for %q", got, err, made)
+	}
+}
+
+func TestExchangeConfig(t *testing.T) {
+	guest, host := net.Pipe()
+	defer guest.Close()
+	want := agentapi.VMConfig{
+		Metadata: agentapi.Metadata{SandboxID: "sb1", NATSURL: "nats://10.0.2.100:4222", Seed: "SUFAKE"},
+		Now:      time.Date(2026, 11, 29, 5, 0, 0, 0, time.UTC),
+		Entropy:  []byte{1, 2, 3},
+	}
+	go func() {
+		defer host.Close()
+		line, err := bufio.NewReader(host).ReadString('\n')
+		if err != nil || line != agentapi.ReadyLine+"\n" {
+			return
+		}
+		json.NewEncoder(host).Encode(want)
+	}()
+	got, err := exchangeConfig(guest)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !reflect.DeepEqual(got, want) {
+		t.Fatalf("config %+v, want %+v", got, want)
+	}
+
+	guest2, host2 := net.Pipe()
+	go func() {
+		bufio.NewReader(host2).ReadString('\n')
+		host2.Write([]byte(`{"metadata":{"id":"x"}}` + "\n"))
+		host2.Close()
+	}()
+	if _, err := exchangeConfig(guest2); err == nil || !strings.Contains(err.Error(), "nats url") {
+		t.Fatalf("incomplete metadata: err = %v", err)
+	}
+}
+
+func TestConfigFromCmdline(t *testing.T) {
+	p := filepath.Join(t.TempDir(), "cmdline")
+	m := agentapi.Metadata{SandboxID: "fc1", NATSURL: "nats://10.0.2.100:4222", Seed: "SUFAKE"}
+	os.WriteFile(p, []byte("console=ttyS0 quiet "+m.KernelArgs()+" panic=-1\n"), 0o644)
+	cfg, err := configFromCmdline(p)
+	if err != nil || cfg.Metadata != m {
+		t.Fatalf("cmdline config = %+v, %v", cfg, err)
+	}
+	os.WriteFile(p, []byte("console=ttyS0 nex.id=fc1\n"), 0o644)
+	if _, err := configFromCmdline(p); err == nil || !strings.Contains(err.Error(), "kernel command line") {
+		t.Fatalf("partial cmdline: err = %v", err)
+	}
+}
+
+// TestForwardToNATS runs a real NATS server behind the forwarder and talks
+// to it through the forwarded address, as a workload in a VM does.
+func TestForwardToNATS(t *testing.T) {
+	s, err := server.NewServer(&server.Options{Host: "127.0.0.1", Port: -1, NoLog: true, NoSigs: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.Start()
+	defer s.Shutdown()
+	if !s.ReadyForConnections(5 * time.Second) {
+		t.Fatal("nats server not ready")
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	var d net.Dialer
+	target := s.Addr().String()
+	done := make(chan error, 1)
+	go func() {
+		done <- forward(ctx, ln, func(ctx context.Context) (net.Conn, error) { return d.DialContext(ctx, "tcp", target) }, testLog(t))
+	}()
+
+	nc, err := nats.Connect("nats://" + ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	sub, err := nc.SubscribeSync("fwd.test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	direct, err := nats.Connect(s.ClientURL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer direct.Close()
+	nc.Flush()
+	direct.Publish("fwd.test", []byte("through"))
+	msg, err := sub.NextMsg(5 * time.Second)
+	if err != nil || string(msg.Data) != "through" {
+		t.Fatalf("message through the forwarder: %v, %v", msg, err)
+	}
+	nc.Close()
+
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatalf("forward returned %v after cancel", err)
+	}
+	if _, err := net.Dial("tcp", ln.Addr().String()); err == nil {
+		t.Fatal("listener still accepts after cancel")
+	}
+}
