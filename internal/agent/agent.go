@@ -7,10 +7,19 @@ package agent
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
+	"fmt"
 	"log/slog"
+	"os"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go"
 
 	"github.com/nex-engine/nex/internal/agentapi"
+	"github.com/nex-engine/nex/internal/workload"
+	"github.com/nex-engine/nex/internal/workload/native"
 )
 
 // Options configure Run.
@@ -18,16 +27,337 @@ type Options struct {
 	Meta agentapi.Metadata
 	Log  *slog.Logger
 	// WorkDir holds the fetched artifact and the workload's files.
+	// Empty: the current directory.
 	WorkDir string
 	// WorkloadNATSAddr is the host:port workloads are told to use for NATS
 	// (NATS_URL). Empty: the host:port of Meta.NATSURL.
 	WorkloadNATSAddr string
 	// PID1 is set when the agent is a VM's init.
 	PID1 bool
+	// Runtimes by workload type. Nil: DefaultRuntimes().
+	Runtimes map[string]workload.Runtime
 }
 
-// Run runs the agent until its workload is undeployed, its connection to the
-// node is lost for good, or ctx ends.
-func Run(ctx context.Context, o Options) error {
-	return errors.New("agent: not written yet")
+// DefaultRuntimes are the workload types an agent runs unless told otherwise.
+func DefaultRuntimes() map[string]workload.Runtime {
+	return map[string]workload.Runtime{"native": native.Runtime{}}
 }
+
+// Timing of the agent. The stop grace is shorter than what drivers wait for
+// the agent itself, so a workload that ignores SIGTERM is killed and
+// reported by the agent rather than by the driver's SIGKILL.
+const (
+	stopGrace        = 5 * time.Second
+	handshakeTimeout = 2 * time.Second  // one handshake attempt
+	chunkTimeout     = 30 * time.Second // one artifact chunk; VMs under emulation are slow
+	retryMin         = 50 * time.Millisecond
+	retryMax         = 2 * time.Second
+	reconnectWait    = 500 * time.Millisecond
+	// maxReconnects bounds how long an agent outlives its node (≈ one minute):
+	// a node that restarts reaps its old sandboxes anyway.
+	maxReconnects = 120
+	flushTimeout  = 5 * time.Second
+)
+
+// Log keys.
+const (
+	keyWorkload = "workload"
+	keyError    = "error"
+)
+
+// Run runs the agent until its workload is undeployed or ends by itself, its
+// connection to the node is lost for good, or ctx ends. Only the lost
+// connection (or bad options) is an error.
+func Run(ctx context.Context, o Options) error {
+	if err := o.Meta.Validate(); err != nil {
+		return err
+	}
+	if o.Log == nil {
+		o.Log = slog.New(slog.DiscardHandler)
+	}
+	if o.WorkDir == "" {
+		wd, err := os.Getwd()
+		if err != nil {
+			return fmt.Errorf("agent: work dir: %w", err)
+		}
+		o.WorkDir = wd
+	}
+	if o.Runtimes == nil {
+		o.Runtimes = DefaultRuntimes()
+	}
+	a := &agent{
+		o:        o,
+		id:       o.Meta.SandboxID,
+		log:      o.Log,
+		started:  time.Now(),
+		runCtx:   ctx,
+		finished: make(chan struct{}),
+		closed:   make(chan struct{}),
+	}
+	nc, err := a.connect(ctx)
+	if err != nil {
+		if ctx.Err() != nil {
+			return nil
+		}
+		return err
+	}
+	a.nc = nc
+	defer nc.Close()
+
+	if err := a.subscribe(); err != nil {
+		return err
+	}
+	if err := a.handshake(ctx); err != nil {
+		if ctx.Err() != nil {
+			return nil
+		}
+		return err
+	}
+
+	select {
+	case <-a.finished:
+	case <-ctx.Done():
+		a.log.Info("stopping: context ended")
+		a.stop()
+		<-a.finished
+	case <-a.closed:
+		a.stop()
+		return fmt.Errorf("agent: connection to node closed: %w", connErr(nc))
+	}
+	a.drain()
+	return nil
+}
+
+type agent struct {
+	o       Options
+	id      string
+	log     *slog.Logger
+	nc      *nats.Conn
+	started time.Time
+	runCtx  context.Context
+
+	mu           sync.Mutex
+	busy         bool // a deploy is under way or its workload runs
+	stopping     bool
+	cancelDeploy context.CancelFunc
+	wl           *running
+	// undeployReplied, while an undeploy is answered, is closed once the
+	// reply is out, so the exit event follows the reply.
+	undeployReplied chan struct{}
+
+	finished   chan struct{} // Run may end: the workload's end is reported
+	finishOnce sync.Once
+	closed     chan struct{} // the connection is closed for good
+	draining   bool
+}
+
+// running is the sandbox's one workload.
+type running struct {
+	id             string
+	name           string
+	h              workload.Handle
+	stdout, stderr *lineWriter
+	exited         chan struct{}
+}
+
+func (a *agent) finish() { a.finishOnce.Do(func() { close(a.finished) }) }
+
+func (a *agent) subscribe() error {
+	subs := []struct {
+		subject string
+		handle  nats.MsgHandler
+	}{
+		{agentapi.DeploySubject(a.id), a.handleDeploy},
+		{agentapi.UndeploySubject(a.id), a.handleUndeploy},
+		{agentapi.PingSubject(a.id), a.handlePing},
+		{agentapi.TriggerSubject(a.id), a.handleTrigger},
+	}
+	for _, s := range subs {
+		if _, err := a.nc.Subscribe(s.subject, s.handle); err != nil {
+			return fmt.Errorf("agent: subscribe %s: %w", s.subject, err)
+		}
+	}
+	// The node may send a deploy right after the handshake reply: the
+	// subscriptions must be in place on the server before it.
+	if err := a.nc.Flush(); err != nil {
+		return fmt.Errorf("agent: subscribe: %w", err)
+	}
+	return nil
+}
+
+// handshake repeats its request until the node answers: the node may not
+// have subscribed yet when a fast sandbox comes up.
+func (a *agent) handshake(ctx context.Context) error {
+	hs := agentapi.Handshake{
+		SandboxID:    a.id,
+		AgentVersion: agentapi.Version,
+		Message:      "agent ready",
+		StartedAt:    a.started,
+		PID1:         a.o.PID1,
+	}
+	body, err := json.Marshal(hs)
+	if err != nil {
+		return fmt.Errorf("agent: handshake: %w", err)
+	}
+	subject := agentapi.HandshakeSubject(a.id)
+	for wait := retryMin; ; wait = min(2*wait, retryMax) {
+		rctx, cancel := context.WithTimeout(ctx, handshakeTimeout)
+		msg, err := a.nc.RequestWithContext(rctx, subject, body)
+		cancel()
+		if err == nil {
+			var r agentapi.HandshakeReply
+			if err := json.Unmarshal(msg.Data, &r); err != nil {
+				return fmt.Errorf("agent: handshake reply: %w", err)
+			}
+			if !r.OK {
+				return fmt.Errorf("agent: handshake refused: %s", r.Error)
+			}
+			if a.o.PID1 {
+				a.resetClockAndEntropy(r)
+			}
+			a.log.Info("handshake accepted", "took", time.Since(a.started).Round(time.Millisecond))
+			return nil
+		}
+		a.log.Debug("handshake not answered yet", keyError, err)
+		if err := sleep(ctx, wait); err != nil {
+			return err
+		}
+	}
+}
+
+func (a *agent) handlePing(m *nats.Msg) {
+	a.mu.Lock()
+	wl := a.wl
+	a.mu.Unlock()
+	running := false
+	if wl != nil {
+		select {
+		case <-wl.exited:
+		default:
+			running = true
+		}
+	}
+	a.respond(m, agentapi.Reply{OK: true, Running: running})
+}
+
+// handleTrigger answers function triggers. Native workloads are not
+// functions; runtimes that run functions come with the JavaScript and Wasm
+// workload types.
+func (a *agent) handleTrigger(m *nats.Msg) {
+	a.respond(m, agentapi.Reply{Error: "no function workload"})
+}
+
+func (a *agent) handleUndeploy(m *nats.Msg) {
+	var u agentapi.Undeploy
+	_ = json.Unmarshal(m.Data, &u) // an empty body is a plain undeploy
+	a.log.Info("undeploy", "reason", u.Reason)
+	replied := make(chan struct{})
+	a.mu.Lock()
+	a.undeployReplied = replied
+	a.mu.Unlock()
+	a.stop()
+	a.respond(m, agentapi.Reply{OK: true})
+	close(replied)
+}
+
+// stop ends the sandbox's work: a deploy under way is abandoned, a running
+// workload gets SIGTERM and, after stopGrace, SIGKILL. It returns once the
+// workload has ended; whoever owns the workload's end then calls finish.
+func (a *agent) stop() {
+	a.mu.Lock()
+	a.stopping = true
+	wl, cancel, busy := a.wl, a.cancelDeploy, a.busy
+	a.mu.Unlock()
+	if cancel != nil {
+		cancel()
+	}
+	switch {
+	case wl != nil:
+		ctx, cancel := context.WithTimeout(context.Background(), stopGrace)
+		defer cancel()
+		if err := wl.h.Stop(ctx); err != nil {
+			a.log.Warn("stop workload", keyWorkload, wl.name, keyError, err)
+		}
+		<-wl.exited
+	case !busy:
+		a.finish() // nothing deployed: the sandbox is done
+	}
+	// busy without a workload: the deploy sees stopping and finishes.
+}
+
+// watch reports the workload's end: output first, then the exit event.
+func (a *agent) watch(wl *running) {
+	ex, _ := wl.h.Wait(context.Background())
+	wl.stdout.Flush()
+	wl.stderr.Flush()
+	close(wl.exited)
+	a.log.Info("workload ended", keyWorkload, wl.name, "code", ex.Code, "message", ex.Message)
+	a.mu.Lock()
+	replied := a.undeployReplied
+	a.mu.Unlock()
+	if replied != nil {
+		<-replied
+	}
+	a.publishEvent(agentapi.Event{Type: agentapi.EventWorkloadExited, WorkloadID: wl.id, Code: ex.Code, Message: ex.Message})
+	if err := a.nc.FlushTimeout(flushTimeout); err != nil {
+		a.log.Warn("flush exit event", keyError, err)
+	}
+	a.finish()
+}
+
+func (a *agent) respond(m *nats.Msg, r agentapi.Reply) {
+	body, _ := json.Marshal(r)
+	if err := m.Respond(body); err != nil {
+		a.log.Warn("reply", "subject", m.Subject, keyError, err)
+	}
+}
+
+func (a *agent) publishEvent(e agentapi.Event) {
+	body, _ := json.Marshal(e)
+	if err := a.nc.Publish(agentapi.EventsSubject(a.id), body); err != nil {
+		a.log.Warn("publish event", "type", e.Type, keyError, err)
+	}
+}
+
+func (a *agent) publishLog(stream, text string) {
+	body, _ := json.Marshal(agentapi.LogLine{Stream: stream, Text: text, Time: time.Now()})
+	if err := a.nc.Publish(agentapi.LogsSubject(a.id), body); err != nil {
+		a.log.Debug("publish log", keyError, err)
+	}
+}
+
+// drain lets handlers under way finish (an undeploy's reply among them),
+// sends what is buffered, and closes the connection.
+func (a *agent) drain() {
+	a.mu.Lock()
+	a.draining = true
+	a.mu.Unlock()
+	if err := a.nc.Drain(); err != nil {
+		return
+	}
+	select {
+	case <-a.closed:
+	case <-time.After(2 * flushTimeout):
+		a.log.Warn("drain did not finish; closing")
+	}
+}
+
+func connErr(nc *nats.Conn) error {
+	if err := nc.LastError(); err != nil {
+		return err
+	}
+	return nats.ErrConnectionClosed
+}
+
+func sleep(ctx context.Context, d time.Duration) error {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+var errStopping = errors.New("sandbox is stopping")

@@ -31,7 +31,8 @@ type Spec struct {
 
 // Runtime starts workloads of one type.
 type Runtime interface {
-	// Start returns once the workload runs, or why it could not start.
+	// Start returns once the workload runs, or why it could not start. ctx
+	// bounds the start only: the workload lives until it ends or is stopped.
 	Start(ctx context.Context, spec Spec) (Handle, error)
 }
 

@@ -36,17 +36,14 @@ func (Runtime) Start(ctx context.Context, spec workload.Spec) (workload.Handle, 
 		argv0 = spec.Path
 	}
 	cmd := &exec.Cmd{
-		Path:   spec.Path,
-		Args:   append([]string{argv0}, spec.Args...),
-		Env:    spec.Env,
-		Dir:    spec.Dir,
-		Stdout: spec.Stdout,
-		Stderr: spec.Stderr,
-		SysProcAttr: &syscall.SysProcAttr{
-			Setpgid:   true,
-			Pdeathsig: syscall.SIGKILL,
-		},
-		WaitDelay: outputGrace,
+		Path:        spec.Path,
+		Args:        append([]string{argv0}, spec.Args...),
+		Env:         spec.Env,
+		Dir:         spec.Dir,
+		Stdout:      spec.Stdout,
+		Stderr:      spec.Stderr,
+		SysProcAttr: sysProcAttr(),
+		WaitDelay:   outputGrace,
 	}
 	if cmd.Env == nil {
 		cmd.Env = []string{} // nil would mean the agent's own environment

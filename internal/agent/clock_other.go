@@ -1,0 +1,8 @@
+//go:build !linux
+
+package agent
+
+import "github.com/nex-engine/nex/internal/agentapi"
+
+// resetClockAndEntropy is Linux-only: agents run as PID 1 only in Linux VMs.
+func (a *agent) resetClockAndEntropy(agentapi.HandshakeReply) {}

@@ -1,0 +1,208 @@
+// Package process is the sandbox driver without isolation: the agent runs as
+// a child process of the node (`nex agent`) in its own process group and
+// work dir. Nodes that use it tag themselves nex.unsafe=true.
+package process
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/nex-engine/nex/internal/sandbox"
+)
+
+// Files and directories inside a sandbox's Dir.
+const (
+	WorkDir = "work"      // the agent's cwd: artifact and workload files
+	LogFile = "agent.log" // the agent's stdout and stderr
+)
+
+// DefaultStopTimeout is how long Stop waits after SIGTERM before SIGKILL. It
+// is longer than the agent's own grace for its workload, so a graceful stop
+// is reported by the agent rather than cut short.
+const DefaultStopTimeout = 8 * time.Second
+
+// agentPath is the PATH the agent (and through it nothing else: workloads get
+// their own environment) starts with.
+const agentPath = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+// Config configures the driver. The zero value runs this executable.
+type Config struct {
+	// AgentBinary is the nex executable run as `<AgentBinary> agent`.
+	// Empty: os.Executable().
+	AgentBinary string
+	// StopTimeout: see DefaultStopTimeout (used when zero).
+	StopTimeout time.Duration
+	Log         *slog.Logger
+}
+
+// Driver starts process sandboxes.
+type Driver struct {
+	cfg Config
+}
+
+var (
+	_ sandbox.Driver = (*Driver)(nil)
+	_ sandbox.Unsafe = (*Driver)(nil)
+)
+
+// New returns a driver; it fails only when the agent binary cannot be found.
+func New(cfg Config) (*Driver, error) {
+	if cfg.AgentBinary == "" {
+		exe, err := os.Executable()
+		if err != nil {
+			return nil, fmt.Errorf("process driver: agent binary: %w", err)
+		}
+		cfg.AgentBinary = exe
+	}
+	if _, err := os.Stat(cfg.AgentBinary); err != nil {
+		return nil, fmt.Errorf("process driver: agent binary: %w", err)
+	}
+	if cfg.StopTimeout <= 0 {
+		cfg.StopTimeout = DefaultStopTimeout
+	}
+	if cfg.Log == nil {
+		cfg.Log = slog.New(slog.DiscardHandler)
+	}
+	return &Driver{cfg: cfg}, nil
+}
+
+// Name implements sandbox.Driver.
+func (d *Driver) Name() string { return "process" }
+
+// Unsafe implements sandbox.Unsafe: a process sandbox isolates nothing.
+func (d *Driver) Unsafe() bool { return true }
+
+// Start implements sandbox.Driver.
+func (d *Driver) Start(ctx context.Context, spec sandbox.Spec) (sandbox.Sandbox, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	if spec.ID == "" || spec.Dir == "" {
+		return nil, errors.New("process sandbox: spec needs an id and a dir")
+	}
+	if err := spec.Agent.Validate(); err != nil {
+		return nil, fmt.Errorf("process sandbox %s: %w", spec.ID, err)
+	}
+	work := filepath.Join(spec.Dir, WorkDir)
+	if err := os.MkdirAll(work, 0o700); err != nil {
+		return nil, fmt.Errorf("process sandbox %s: %w", spec.ID, err)
+	}
+	logf, err := os.OpenFile(filepath.Join(spec.Dir, LogFile), os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("process sandbox %s: %w", spec.ID, err)
+	}
+	defer logf.Close() // the child has its own copy
+
+	cmd := &exec.Cmd{
+		Path:        d.cfg.AgentBinary,
+		Args:        []string{d.cfg.AgentBinary, "agent"},
+		Env:         append(spec.Agent.Env(), "PATH="+agentPath, "HOME="+work),
+		Dir:         work,
+		Stdout:      logf,
+		Stderr:      logf,
+		SysProcAttr: sysProcAttr(),
+	}
+	if err := cmd.Start(); err != nil {
+		return nil, fmt.Errorf("process sandbox %s: start agent: %w", spec.ID, err)
+	}
+	s := &Sandbox{
+		id:      spec.ID,
+		pid:     cmd.Process.Pid,
+		cmd:     cmd,
+		timeout: d.cfg.StopTimeout,
+		log:     d.cfg.Log.With("sandbox", spec.ID, "pid", cmd.Process.Pid),
+		done:    make(chan struct{}),
+	}
+	go s.wait()
+	if err := sandbox.WritePID(spec.Dir, s.pid); err != nil {
+		_ = s.Stop(context.Background())
+		return nil, fmt.Errorf("process sandbox %s: %w", spec.ID, err)
+	}
+	s.log.Debug("sandbox started", "agent", d.cfg.AgentBinary)
+	return s, nil
+}
+
+// Sandbox is one running agent process.
+type Sandbox struct {
+	id      string
+	pid     int
+	cmd     *exec.Cmd
+	timeout time.Duration
+	log     *slog.Logger
+
+	mu        sync.Mutex
+	requested bool // Stop was called before the agent ended
+	err       error
+	done      chan struct{}
+}
+
+var _ sandbox.Sandbox = (*Sandbox)(nil)
+
+func (s *Sandbox) ID() string            { return s.id }
+func (s *Sandbox) PID() int              { return s.pid }
+func (s *Sandbox) Done() <-chan struct{} { return s.done }
+
+// Err implements sandbox.Sandbox: sandbox.ErrStopped after a requested
+// stop, nil when the agent ended by itself cleanly (its workload was
+// undeployed or ended), otherwise how the agent died.
+func (s *Sandbox) Err() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.err
+}
+
+func (s *Sandbox) wait() {
+	err := s.cmd.Wait()
+	s.mu.Lock()
+	switch {
+	case s.requested:
+		s.err = sandbox.ErrStopped
+	case err != nil:
+		s.err = fmt.Errorf("process sandbox %s: agent %d: %w", s.id, s.pid, err)
+	}
+	s.mu.Unlock()
+	s.log.Debug("sandbox ended", "error", err)
+	close(s.done)
+}
+
+// Stop implements sandbox.Sandbox: SIGTERM to the agent's process group (the
+// agent then stops its workload), SIGKILL after the stop timeout or when ctx
+// ends. It returns once the agent is gone.
+func (s *Sandbox) Stop(ctx context.Context) error {
+	select {
+	case <-s.done:
+		return nil
+	default:
+	}
+	s.mu.Lock()
+	s.requested = true
+	s.mu.Unlock()
+	s.signal(syscall.SIGTERM)
+	t := time.NewTimer(s.timeout)
+	defer t.Stop()
+	select {
+	case <-s.done:
+		return nil
+	case <-t.C:
+		s.log.Warn("agent ignored SIGTERM; killing it", "after", s.timeout)
+	case <-ctx.Done():
+	}
+	s.signal(syscall.SIGKILL)
+	<-s.done
+	return nil
+}
+
+// signal reaches the agent's whole group: its id is the agent's PID.
+func (s *Sandbox) signal(sig syscall.Signal) {
+	if err := syscall.Kill(-s.pid, sig); err != nil && !errors.Is(err, syscall.ESRCH) {
+		s.log.Warn("signal sandbox", "signal", sig, "error", err)
+	}
+}

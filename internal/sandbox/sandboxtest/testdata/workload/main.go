@@ -1,0 +1,80 @@
+// Command workload is the test workload of the sandbox conformance suite. It
+// is built static so it runs in every sandbox. It greets on stdout and
+// stderr, then does what argv[1] says:
+//
+//	exit <code>         print its environment, a long line and an
+//	                    unterminated last line, then exit with code
+//	echo <subject>      answer requests on subject over NATS_URL until SIGTERM
+//	ignore-term         ignore SIGTERM and run until killed
+package main
+
+import (
+	"fmt"
+	"os"
+	"os/signal"
+	"sort"
+	"strconv"
+	"strings"
+	"syscall"
+
+	"github.com/nats-io/nats.go"
+)
+
+func main() {
+	fmt.Println("hello stdout")
+	fmt.Fprintln(os.Stderr, "hello stderr")
+	if len(os.Args) < 2 {
+		fmt.Fprintln(os.Stderr, "usage: workload exit <code> | echo <subject> | ignore-term")
+		os.Exit(2)
+	}
+	switch os.Args[1] {
+	case "exit":
+		code, _ := strconv.Atoi(arg(2))
+		env := os.Environ()
+		sort.Strings(env)
+		for _, kv := range env {
+			fmt.Println("env " + kv)
+		}
+		fmt.Println(strings.Repeat("x", 20000))
+		fmt.Print("last words")
+		os.Exit(code)
+	case "echo":
+		echo(arg(2))
+	case "ignore-term":
+		signal.Ignore(syscall.SIGTERM)
+		fmt.Println("ready")
+		select {}
+	default:
+		fmt.Fprintln(os.Stderr, "unknown mode", os.Args[1])
+		os.Exit(2)
+	}
+}
+
+func echo(subject string) {
+	term := make(chan os.Signal, 1)
+	signal.Notify(term, syscall.SIGTERM)
+	nc, err := nats.Connect(os.Getenv("NATS_URL"))
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "nats:", err)
+		os.Exit(3)
+	}
+	_, err = nc.Subscribe(subject, func(m *nats.Msg) { _ = m.Respond(append([]byte("echo: "), m.Data...)) })
+	if err == nil {
+		err = nc.Flush()
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "subscribe:", err)
+		os.Exit(3)
+	}
+	fmt.Println("ready")
+	<-term
+	fmt.Println("terminating")
+	_ = nc.Drain()
+}
+
+func arg(i int) string {
+	if i < len(os.Args) {
+		return os.Args[i]
+	}
+	return ""
+}
