@@ -49,6 +49,9 @@ type Root struct {
 	Agent   AgentCmd   `cmd:"" hidden:"" help:"run as a sandbox agent (started by the node)"`
 	Rootfs  RootfsCmd  `cmd:"" help:"build the microVM guest image"`
 	Version VersionCmd `cmd:"" help:"print the version"`
+
+	// VMForward is run by QEMU for each guest connection to the node's NATS.
+	VMForward VMForwardCmd `cmd:"" name:"vm-forward" hidden:"" help:"splice stdin/stdout to the node's NATS (run by QEMU per guest connection)"`
 }
 
 // NodeCmd groups node commands.

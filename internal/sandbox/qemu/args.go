@@ -50,6 +50,9 @@ type machine struct {
 	// the guest reaches it at agentapi.GuestNATSAddr.
 	NATSHost string
 	NATSPort int
+	// Forwarder is the host command QEMU runs for each guest connection to
+	// the node's NATS (host:port appended); see forward.go.
+	Forwarder []string
 	RAM      *ramFile
 	// Incoming makes QEMU wait for QMP migrate-incoming (snapshot clones).
 	Incoming bool
@@ -92,7 +95,8 @@ func (m machine) args() []string {
 		"-serial", "file:"+consoleFile,
 		// restrict=on: the guest reaches nothing but the one forward to the
 		// node's internal NATS.
-		"-netdev", fmt.Sprintf("user,id=n0,restrict=on,guestfwd=tcp:%s-tcp:%s:%d", agentapi.GuestNATSAddr, m.NATSHost, m.NATSPort),
+		"-netdev", "user,id=n0,restrict=on,guestfwd=tcp:"+agentapi.GuestNATSAddr+"-"+
+			qemuOptValue(forwardSpec(m.Forwarder, m.NATSHost, m.NATSPort)),
 		"-device", "virtio-net-device,netdev=n0",
 		// The config channel: the driver listens on agent.sock, QEMU dials it.
 		"-device", "virtio-serial-device",

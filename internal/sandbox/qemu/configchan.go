@@ -34,9 +34,20 @@ const maxPreReady = 64 << 10
 func serveConfig(waitReady bool) func(context.Context, *vm) error {
 	return func(_ context.Context, v *vm) error {
 		go func() {
-			if err := v.deliverConfig(waitReady); err != nil {
-				v.fail(fmt.Errorf("config channel: %w", err))
+			err := v.deliverConfig(waitReady)
+			if err == nil {
+				return
 			}
+			// QEMU closes the channel when it exits; its exit is then the
+			// reason to report, not the channel's end.
+			if errors.Is(err, io.EOF) || errors.Is(err, net.ErrClosed) {
+				select {
+				case <-v.done:
+					return
+				case <-time.After(2 * time.Second):
+				}
+			}
+			v.fail(fmt.Errorf("config channel: %w", err))
 		}()
 		return nil
 	}

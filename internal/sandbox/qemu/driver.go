@@ -62,6 +62,10 @@ type Config struct {
 	// instead of booting each one; templates live under SnapshotDir.
 	Snapshot    bool
 	SnapshotDir string
+	// Forwarder is the host command QEMU runs for each guest connection to
+	// the node's NATS, given host:port as its last argument; default: this
+	// executable's vm-forward subcommand (the node is the nex binary).
+	Forwarder []string
 	// BootTimeout bounds QEMU start → the guest's ready line on the config
 	// channel.
 	BootTimeout time.Duration
@@ -115,6 +119,13 @@ func New(c Config) (*Driver, error) {
 	}
 	if c.Log == nil {
 		c.Log = slog.Default()
+	}
+	if len(c.Forwarder) == 0 {
+		fwd, err := defaultForwarder()
+		if err != nil {
+			return nil, err
+		}
+		c.Forwarder = fwd
 	}
 	d := &Driver{
 		cfg:       c,

@@ -66,6 +66,7 @@ func (d *Driver) newVM(id, dir string, s Shape) *vm {
 			VCPU:      s.VCPU,
 			Accel:     d.accel.Accel,
 			TSCkHz:    d.tsc,
+			Forwarder: d.cfg.Forwarder,
 		},
 	}
 }

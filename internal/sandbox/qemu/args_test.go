@@ -1,0 +1,160 @@
+package qemu
+
+import (
+	"flag"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/nex-engine/nex/internal/accel"
+)
+
+var update = flag.Bool("update", false, "rewrite the golden files in testdata")
+
+// TestArgsGolden pins the command lines: each golden file holds one
+// argument per line.
+func TestArgsGolden(t *testing.T) {
+	base := machine{
+		Name:      "nex-vm1",
+		Kernel:    "/images/abc/vmlinux",
+		Initrd:    "/images/abc/initrd.cpio",
+		MemoryMiB: 128,
+		VCPU:      1,
+		Accel:     accel.TCG,
+		TSCkHz:    2445404,
+		NATSHost:  "127.0.0.1",
+		NATSPort:  41339,
+		Forwarder: []string{"/usr/local/bin/nex", "vm-forward"},
+	}
+	kvm := base
+	kvm.Accel, kvm.VCPU, kvm.MemoryMiB = accel.KVM, 2, 256
+	template := base
+	template.RAM = &ramFile{Path: "/snap/k1.tmp-1/ram.img", Shared: true}
+	clone := base
+	clone.RAM = &ramFile{Path: "/snap/k1/ram.img"}
+	clone.Incoming = true
+	noTSC := base
+	noTSC.TSCkHz = 0
+	comma := clone
+	comma.RAM = &ramFile{Path: "/snap/a,b/ram.img"}
+	comma.Forwarder = []string{"/opt/my nex,v2/nex", "vm-forward"}
+
+	for name, m := range map[string]machine{
+		"cold_tcg": base, "cold_kvm": kvm, "template": template, "clone": clone,
+		"no_tsc": noTSC, "comma_in_path": comma,
+	} {
+		t.Run(name, func(t *testing.T) {
+			got := strings.Join(m.args(), "\n") + "\n"
+			golden := filepath.Join("testdata", name+".args")
+			if *update {
+				if err := os.WriteFile(golden, []byte(got), 0o644); err != nil {
+					t.Fatal(err)
+				}
+			}
+			want, err := os.ReadFile(golden)
+			if err != nil {
+				t.Fatalf("%v (run go test -run TestArgsGolden -update to create it)", err)
+			}
+			if got != string(want) {
+				t.Errorf("args differ from %s:\n--- got\n%s--- want\n%s", golden, got, want)
+			}
+		})
+	}
+}
+
+func TestTSCkHzFrom(t *testing.T) {
+	tests := []struct {
+		cpuinfo string
+		want    int
+	}{
+		{"processor\t: 0\nvendor_id\t: GenuineIntel\ncpu MHz\t\t: 2445.404\ncache size\t: 4096 KB\n", 2445404},
+		{"cpu MHz : 2999.9996\n", 3000000},
+		{"processor : 0\n", 0},
+		{"cpu MHz : fast\n", 0},
+	}
+	for _, tt := range tests {
+		if got := tscKHzFrom(strings.NewReader(tt.cpuinfo)); got != tt.want {
+			t.Errorf("tscKHzFrom(%q) = %d, want %d", tt.cpuinfo, got, tt.want)
+		}
+	}
+}
+
+func TestNATSHostPort(t *testing.T) {
+	tests := []struct {
+		url     string
+		host    string
+		port    int
+		wantErr string
+	}{
+		{"nats://127.0.0.1:41339", "127.0.0.1", 41339, ""},
+		{"nats://localhost:4222", "127.0.0.1", 4222, ""},
+		{"nats://127.0.0.1", "127.0.0.1", 4222, ""},
+		{"nats://node.example:4222", "", 0, "needs an IPv4 address"},
+		{"nats://[::1]:4222", "", 0, "needs an IPv4 address"},
+		{"nats://127.0.0.1:0", "", 0, "bad port"},
+	}
+	for _, tt := range tests {
+		host, port, err := natsHostPort(tt.url)
+		if tt.wantErr != "" {
+			if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
+				t.Errorf("natsHostPort(%q) error = %v, want %q", tt.url, err, tt.wantErr)
+			}
+			continue
+		}
+		if err != nil || host != tt.host || port != tt.port {
+			t.Errorf("natsHostPort(%q) = %q, %d, %v; want %q, %d", tt.url, host, port, err, tt.host, tt.port)
+		}
+	}
+}
+
+func TestBootSteps(t *testing.T) {
+	names := func(s steps) string {
+		var n []string
+		for _, st := range s {
+			n = append(n, st.name)
+		}
+		return strings.Join(n, ", ")
+	}
+	tests := []struct {
+		name  string
+		steps steps
+		want  string
+	}{
+		{"cold", coldBoot(), "prepare dir, listen config socket, build args, launch, write pid, log machine started, serve config channel"},
+		{"clone", cloneBoot(), "find template, prepare dir, listen config socket, build args, launch, write pid, restore snapshot, log machine started, serve config channel"},
+		{"template", templateBoot(), "prepare dir, listen config socket, build args, launch, write pid, log machine started, await guest ready, save snapshot, quit"},
+	}
+	for _, tt := range tests {
+		if got := names(tt.steps); got != tt.want {
+			t.Errorf("%s boot steps:\n got %s\nwant %s", tt.name, got, tt.want)
+		}
+	}
+	// Deriving a list must leave the one it came from as it was.
+	cold := coldBoot()
+	before := names(cold)
+	_ = cold.replace(stepBuildArgs, step{name: "x"}).insertBefore(stepLaunch, step{name: "y"}).append(step{name: "z"})
+	if got := names(cold); got != before {
+		t.Errorf("deriving changed the cold boot list: %s", got)
+	}
+}
+
+func TestConfigValidate(t *testing.T) {
+	tests := []struct {
+		c    Config
+		want string
+	}{
+		{Config{Initrd: "i"}, "Kernel is empty"},
+		{Config{Kernel: "k"}, "Initrd is empty"},
+		{Config{Kernel: "k", Initrd: "i", Accel: "hvf"}, `Accel "hvf"`},
+		{Config{Kernel: "k", Initrd: "i", Snapshot: true}, "SnapshotDir is empty"},
+		{Config{Kernel: "k", Initrd: "i", BootTimeout: -1}, "BootTimeout"},
+		{Config{Kernel: "k", Initrd: "i"}, ""},
+	}
+	for _, tt := range tests {
+		err := tt.c.Validate()
+		if (tt.want == "") != (err == nil) || (err != nil && !strings.Contains(err.Error(), tt.want)) {
+			t.Errorf("Validate(%+v) = %v, want %q", tt.c, err, tt.want)
+		}
+	}
+}

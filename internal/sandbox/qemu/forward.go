@@ -1,0 +1,85 @@
+package qemu
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"strings"
+	"sync"
+)
+
+// The guest's path to the node's NATS. QEMU's user-mode network offers two
+// kinds of guestfwd: to a chardev, which QEMU connects once at start-up and
+// which carries a single guest connection (a second one gets nothing, and a
+// server that closes the first one — NATS does after its auth timeout —
+// leaves the forward dead), or to a command, which QEMU runs for each guest
+// connection with the connection as its stdin and stdout. The agent needs
+// several connections (its own, and one per workload through its in-guest
+// forwarder), and a reconnect after a restore, so the driver uses the
+// command form and the command is nex itself: `nex vm-forward host:port`
+// (Config.Forwarder), which splices its stdin/stdout to the node's NATS.
+
+// ForwardSubcommand is the nex subcommand that runs Forward.
+const ForwardSubcommand = "vm-forward"
+
+// defaultForwarder is the running executable's vm-forward subcommand: the
+// node is the nex binary.
+func defaultForwarder() ([]string, error) {
+	exe, err := os.Executable()
+	if err != nil {
+		return nil, fmt.Errorf("find own executable for the guest's NATS forward: %w", err)
+	}
+	return []string{exe, ForwardSubcommand}, nil
+}
+
+// Forward splices one guest connection to addr: conn is what QEMU handed the
+// command as stdin and stdout (a unix socket). Nothing may be written to
+// stderr, which QEMU points at the same socket.
+func Forward(ctx context.Context, addr string, conn net.Conn) error {
+	var d net.Dialer
+	up, err := d.DialContext(ctx, "tcp", addr)
+	if err != nil {
+		return fmt.Errorf("vm forward to %s: %w", addr, err)
+	}
+	stop := context.AfterFunc(ctx, func() { up.Close(); conn.Close() })
+	defer stop()
+	var wg sync.WaitGroup
+	wg.Add(2)
+	half := func(dst, src net.Conn) {
+		defer wg.Done()
+		_, _ = io.Copy(dst, src)
+		// Pass the end of one direction on; the other may still flow.
+		if cw, ok := dst.(interface{ CloseWrite() error }); ok {
+			_ = cw.CloseWrite()
+		} else {
+			dst.Close()
+		}
+	}
+	go half(up, conn)
+	go half(conn, up)
+	wg.Wait()
+	up.Close()
+	conn.Close()
+	return nil
+}
+
+// ForwardStdio runs Forward on the process's stdin, as QEMU starts it.
+func ForwardStdio(ctx context.Context, addr string) error {
+	conn, err := net.FileConn(os.Stdin)
+	if err != nil {
+		return fmt.Errorf("vm forward: stdin is not a socket: %w", err)
+	}
+	return Forward(ctx, addr, conn)
+}
+
+// forwardSpec renders the guestfwd command: words quoted for QEMU's
+// shell-style splitting, commas doubled for its option parser.
+func forwardSpec(argv []string, host string, port int) string {
+	words := make([]string, 0, len(argv)+1)
+	for _, a := range append(argv, fmt.Sprintf("%s:%d", host, port)) {
+		words = append(words, shellQuote(a))
+	}
+	return "cmd:" + strings.Join(words, " ")
+}

@@ -1,0 +1,76 @@
+package qemu
+
+import (
+	"bufio"
+	"context"
+	"io"
+	"net"
+	"os"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// TestForward splices a unix socketpair end (what QEMU hands the forward
+// command as stdin/stdout) to a TCP server, and checks both directions and
+// the half-close: the server sees EOF after the guest side ends its writes
+// and can still answer.
+func TestForward(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		b, _ := io.ReadAll(c) // until the guest side's half-close
+		c.Write(append([]byte("got "), b...))
+	}()
+
+	fds, err := syscall.Socketpair(syscall.AF_UNIX, syscall.SOCK_STREAM, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	guest, err := net.FileConn(os.NewFile(uintptr(fds[0]), "guest"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	stdio, err := net.FileConn(os.NewFile(uintptr(fds[1]), "stdio"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	done := make(chan error, 1)
+	go func() { done <- Forward(ctx, ln.Addr().String(), stdio) }()
+
+	if _, err := guest.Write([]byte("hello")); err != nil {
+		t.Fatal(err)
+	}
+	guest.(*net.UnixConn).CloseWrite()
+	reply, err := io.ReadAll(bufio.NewReader(guest))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if string(reply) != "got hello" {
+		t.Fatalf("reply %q, want %q", reply, "got hello")
+	}
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestForwardRefused(t *testing.T) {
+	ln, _ := net.Listen("tcp", "127.0.0.1:0")
+	addr := ln.Addr().String()
+	ln.Close()
+	a, b := net.Pipe()
+	defer a.Close()
+	if err := Forward(context.Background(), addr, b); err == nil {
+		t.Fatal("Forward to a closed port succeeded")
+	}
+}

@@ -1,0 +1,165 @@
+package qemu
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/nex-engine/nex/internal/agentapi"
+	"github.com/nex-engine/nex/internal/sandbox"
+)
+
+// requireQEMU skips tests that run the real QEMU binary where it is missing.
+func requireQEMU(t testing.TB) string {
+	t.Helper()
+	bin, err := exec.LookPath(DefaultBinary)
+	if err != nil {
+		t.Skipf("%s not installed (apt-get install -y qemu-system-x86); skipping a test that runs it", DefaultBinary)
+	}
+	return bin
+}
+
+// startPaused runs a microvm that never starts its CPU (-S): enough to talk
+// QMP to a real QEMU without a guest image.
+func startPaused(t *testing.T) (qmpPath string, cmd *exec.Cmd) {
+	t.Helper()
+	bin := requireQEMU(t)
+	dir := t.TempDir()
+	cmd = exec.Command(bin, "-M", "microvm", "-m", "32", "-nodefaults", "-no-user-config",
+		"-nographic", "-accel", "tcg", "-S", "-qmp", "unix:"+qmpSock+",server=on,wait=off")
+	cmd.Dir = dir
+	cmd.SysProcAttr = procAttr()
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		cmd.Process.Kill()
+		cmd.Wait()
+	})
+	return filepath.Join(dir, qmpSock), cmd
+}
+
+func TestQMPAgainstQEMU(t *testing.T) {
+	path, cmd := startPaused(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+
+	q, err := dialQMP(ctx, path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer q.Close()
+
+	st, err := q.status(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Running || st.Status != "prelaunch" {
+		t.Fatalf("status of a -S machine = %+v, want prelaunch, not running", st)
+	}
+
+	var qerr *QMPError
+	err = q.exec(ctx, "no-such-command", nil, nil)
+	if !errors.As(err, &qerr) || qerr.Class != "CommandNotFound" {
+		t.Fatalf("unknown command: err = %v, want a QMPError of class CommandNotFound", err)
+	}
+
+	if err := q.setCapability(ctx, "x-ignore-shared", true); err != nil {
+		t.Fatal(err)
+	}
+	var caps []struct {
+		Capability string `json:"capability"`
+		State      bool   `json:"state"`
+	}
+	if err := q.exec(ctx, "query-migrate-capabilities", nil, &caps); err != nil {
+		t.Fatal(err)
+	}
+	found := false
+	for _, c := range caps {
+		if c.Capability == "x-ignore-shared" {
+			found = c.State
+		}
+	}
+	if !found {
+		t.Fatalf("x-ignore-shared not on after setCapability: %+v", caps)
+	}
+
+	if err := q.exec(ctx, "quit", nil, nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Wait(); err != nil {
+		t.Fatalf("qemu after quit: %v", err)
+	}
+}
+
+func TestQMPDialHonoursContext(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	defer cancel()
+	_, err := dialQMP(ctx, filepath.Join(t.TempDir(), "missing.sock"))
+	if !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("dial of a socket that never appears: %v, want deadline exceeded", err)
+	}
+}
+
+// TestStopAndExitErrors runs the driver's process handling against real
+// QEMU processes that need no guest image: one that fails at once (its
+// kernel is missing), one that is stopped.
+func TestStopAndExitErrors(t *testing.T) {
+	requireQEMU(t)
+	d, err := New(Config{Kernel: "/nonexistent/vmlinux", Initrd: "/nonexistent/initrd", Log: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	spec := sandbox.Spec{
+		ID:    "vmfail",
+		Dir:   t.TempDir(),
+		Agent: agentapi.Metadata{SandboxID: "vmfail", NATSURL: "nats://127.0.0.1:4222", Seed: "SUTEST"},
+	}
+	ctx := context.Background()
+	sb, err := d.Start(ctx, spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-sb.Done():
+	case <-time.After(30 * time.Second):
+		t.Fatal("qemu with a missing kernel did not exit")
+	}
+	if err := sb.Err(); err == nil || !strings.Contains(err.Error(), "/nonexistent/vmlinux") {
+		t.Fatalf("Err = %v, want QEMU's complaint about the missing kernel", err)
+	}
+	if b, err := os.ReadFile(filepath.Join(spec.Dir, sandbox.PIDFile)); err != nil || strings.TrimSpace(string(b)) == "" {
+		t.Fatalf("pid file: %q, %v", b, err)
+	}
+	if err := sb.Stop(ctx); err != nil {
+		t.Fatalf("Stop after exit: %v", err)
+	}
+
+	// A QEMU that keeps running (paused before its first instruction).
+	v := d.newVM("vmstop", t.TempDir(), Shape{VCPU: 1, MemoryMiB: 32})
+	v.args = []string{"-M", "microvm", "-m", "32", "-nodefaults", "-no-user-config", "-nographic",
+		"-accel", "tcg", "-S", "-qmp", "unix:" + qmpSock + ",server=on,wait=off"}
+	if err := v.launch(); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-v.Done():
+		t.Fatalf("paused qemu exited: %v", v.Err())
+	case <-time.After(100 * time.Millisecond):
+	}
+	if err := v.Stop(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if !errors.Is(v.Err(), sandbox.ErrStopped) {
+		t.Fatalf("Err after Stop = %v, want ErrStopped", v.Err())
+	}
+	if err := v.Stop(ctx); err != nil {
+		t.Fatalf("second Stop: %v", err)
+	}
+}
