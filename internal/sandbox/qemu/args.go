@@ -53,7 +53,7 @@ type machine struct {
 	// Forwarder is the host command QEMU runs for each guest connection to
 	// the node's NATS (host:port appended); see forward.go.
 	Forwarder []string
-	RAM      *ramFile
+	RAM       *ramFile
 	// Incoming makes QEMU wait for QMP migrate-incoming (snapshot clones).
 	Incoming bool
 }
