@@ -17,6 +17,7 @@ func newTable(title string, header ...any) table.Writer {
 	t := table.NewWriter()
 	style := table.StyleRounded
 	style.Title.Align = text.AlignLeft
+	style.Format.Header = text.FormatDefault // "Version", as the 0.2 CLI prints, not "VERSION"
 	t.SetStyle(style)
 	if title != "" {
 		t.SetTitle(title)

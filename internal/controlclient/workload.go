@@ -122,7 +122,7 @@ func DeployedAt(uptime string, now time.Time) time.Time {
 	if err != nil || d < 0 {
 		return now
 	}
-	return now.Add(-d + time.Second) // uptime may be rounded up by up to 1s
+	return now.Add(-d + time.Second/2) // rounding to whole seconds may overstate it by 0.5s
 }
 
 func waitPastSecond(ctx context.Context, t time.Time) error {

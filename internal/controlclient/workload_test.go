@@ -143,12 +143,12 @@ func TestStopJWTHonoursCancel(t *testing.T) {
 }
 
 func TestDeployedAt(t *testing.T) {
-	now := time.Unix(1000, 0)
+	now := time.Unix(1000, 600e6)
 	for _, c := range []struct {
 		uptime string
 		want   int64
 	}{
-		{"10m15s", 1000 - 615 + 1},
+		{"10m15s", 1000 - 615 + 1}, // 385.6+0.5 s
 		{"0s", 1001},
 		{"", 1000},
 		{"soon", 1000},
