@@ -95,6 +95,11 @@ type Driver struct {
 	accel accel.Choice
 	log   *slog.Logger
 	tsc   int
+	// minMemMiB is the least guest RAM that boots this image: the kernel
+	// unpacks the initramfs into RAM while the archive is still there, so a
+	// big /init needs twice its size on top of the kernel's own.
+	minMemMiB int
+	memWarn   sync.Once
 
 	tmu       sync.Mutex
 	templates map[Shape]*templateEntry
@@ -133,6 +138,7 @@ func New(c Config) (*Driver, error) {
 		tsc:       hostTSCkHz(),
 		templates: map[Shape]*templateEntry{},
 	}
+	d.minMemMiB = minMemoryMiB(c.Initrd)
 	d.accel = accel.Detect()
 	if c.Accel != "" && c.Accel != d.accel.Accel {
 		d.accel = accel.Choice{Accel: c.Accel, Reason: fmt.Sprintf("forced by config (detection said: %s)", d.accel.Reason)}
@@ -157,7 +163,7 @@ type Shape struct {
 	MemoryMiB int
 }
 
-func shapeOf(spec sandbox.Spec) Shape {
+func (d *Driver) shapeOf(spec sandbox.Spec) Shape {
 	s := Shape{VCPU: spec.VCPU, MemoryMiB: spec.MemoryMiB}
 	if s.VCPU <= 0 {
 		s.VCPU = DefaultVCPU
@@ -165,7 +171,31 @@ func shapeOf(spec sandbox.Spec) Shape {
 	if s.MemoryMiB <= 0 {
 		s.MemoryMiB = DefaultMemoryMiB
 	}
+	if s.MemoryMiB < d.minMemMiB {
+		d.memWarn.Do(func() {
+			d.log.Warn("Raising guest memory: the initramfs would not fit", "asked_mib", s.MemoryMiB,
+				"given_mib", d.minMemMiB, "initrd", d.cfg.Initrd)
+		})
+		s.MemoryMiB = d.minMemMiB
+	}
 	return s
+}
+
+// Guest RAM the kernel and a Go agent need besides the initramfs (the
+// 6.1 cloud kernel alone keeps ≈ 45 MiB).
+const baseMemoryMiB = 96
+
+// minMemoryMiB is the smallest guest that can unpack initrd: the archive and
+// its unpacked copy are both in RAM until the archive is freed (with
+// -m 128 and a 33 MiB initrd the kernel reports "Initramfs unpacking
+// failed: write error" and boots without /init's modules).
+func minMemoryMiB(initrd string) int {
+	st, err := os.Stat(initrd)
+	if err != nil {
+		return 0
+	}
+	mib := int((2*st.Size())>>20) + baseMemoryMiB
+	return (mib + 15) / 16 * 16
 }
 
 // Start boots a sandbox (or restores a clone of its shape's template when
@@ -186,7 +216,7 @@ func (d *Driver) Start(ctx context.Context, spec sandbox.Spec) (sandbox.Sandbox,
 	guest := spec.Agent
 	guest.NATSURL = "nats://" + agentapi.GuestNATSAddr
 
-	v := d.newVM(spec.ID, spec.Dir, shapeOf(spec))
+	v := d.newVM(spec.ID, spec.Dir, d.shapeOf(spec))
 	v.mach.NATSHost, v.mach.NATSPort = host, port
 	v.guestMeta = &guest
 	ctx, cancel := context.WithTimeout(ctx, d.cfg.BootTimeout)

@@ -31,21 +31,26 @@ const (
 // the accelerator (TCG always works; the check says which one and why), and
 // a readable guest image.
 func (d *Driver) Preflight(ctx context.Context) []sandbox.Check {
-	checks := []sandbox.Check{d.checkBinary(ctx), d.checkAccel()}
+	checks := []sandbox.Check{CheckQEMUBinary(ctx, d.cfg.QEMUBinary), d.checkAccel()}
 	checks = append(checks,
-		checkReadable(CheckKernel, d.cfg.Kernel, FixBuildImage),
-		checkReadable(CheckInitrd, d.cfg.Initrd, FixBuildImage))
+		CheckReadable(CheckKernel, d.cfg.Kernel, FixBuildImage),
+		CheckReadable(CheckInitrd, d.cfg.Initrd, FixBuildImage))
 	if d.cfg.Snapshot {
-		checks = append(checks, checkWritableDir(CheckSnapshotDir, d.cfg.SnapshotDir))
+		checks = append(checks, CheckWritableDir(CheckSnapshotDir, d.cfg.SnapshotDir))
 	}
 	return checks
 }
 
-func (d *Driver) checkBinary(ctx context.Context) sandbox.Check {
+// CheckQEMUBinary finds the QEMU executable (name, or the default when
+// empty) and asks it its version.
+func CheckQEMUBinary(ctx context.Context, name string) sandbox.Check {
+	if name == "" {
+		name = DefaultBinary
+	}
 	c := sandbox.Check{Name: CheckBinary, Fix: FixInstallQEMU}
-	bin, err := exec.LookPath(d.cfg.QEMUBinary)
+	bin, err := exec.LookPath(name)
 	if err != nil {
-		c.Info = fmt.Sprintf("%s not found in PATH", d.cfg.QEMUBinary)
+		c.Info = fmt.Sprintf("%s not found in PATH", name)
 		return c
 	}
 	out, err := exec.CommandContext(ctx, bin, "--version").Output()
@@ -71,8 +76,13 @@ func (d *Driver) checkAccel() sandbox.Check {
 	return c
 }
 
-func checkReadable(name, path, fix string) sandbox.Check {
+// CheckReadable passes when path is a non-empty file this process can read.
+func CheckReadable(name, path, fix string) sandbox.Check {
 	c := sandbox.Check{Name: name, Fix: fix}
+	if path == "" {
+		c.Info = "not found"
+		return c
+	}
 	f, err := os.Open(path)
 	if err != nil {
 		c.Info = err.Error()
@@ -93,7 +103,9 @@ func checkReadable(name, path, fix string) sandbox.Check {
 	return c
 }
 
-func checkWritableDir(name, dir string) sandbox.Check {
+// CheckWritableDir passes when dir exists (it is created) and a file can be
+// made in it.
+func CheckWritableDir(name, dir string) sandbox.Check {
 	c := sandbox.Check{Name: name, Fix: fmt.Sprintf("mkdir -p %s and make it writable by the node's user", dir)}
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		c.Info = err.Error()

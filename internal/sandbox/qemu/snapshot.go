@@ -11,6 +11,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/nex-engine/nex/internal/sandbox"
 )
 
 // Snapshot-warm clones. One template VM per shape is booted until its guest
@@ -58,7 +60,7 @@ func (d *Driver) Prepare(ctx context.Context, s Shape) error {
 	if !d.cfg.Snapshot {
 		return nil
 	}
-	_, err := d.template(ctx, s)
+	_, err := d.template(ctx, d.shapeOf(sandbox.Spec{VCPU: s.VCPU, MemoryMiB: s.MemoryMiB}))
 	return err
 }
 

@@ -1,0 +1,190 @@
+package preflight
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/nex-engine/nex/internal/accel"
+	"github.com/nex-engine/nex/internal/guestimage"
+	"github.com/nex-engine/nex/internal/node/config"
+	"github.com/nex-engine/nex/internal/sandbox"
+	"github.com/nex-engine/nex/internal/sandbox/qemu"
+)
+
+// Check names shared by every sandbox.
+const (
+	CheckFirecracker = "firecracker"
+	CheckKVM         = "kvm"
+	CheckFreeDisk    = "free disk"
+	CheckStateDir    = "state dir"
+)
+
+// Checks lists what a node with o's sandbox needs, in the order a person
+// would fix them.
+func Checks(o Options) []Check {
+	o = o.withDefaults()
+	var checks []Check
+	switch o.Sandbox {
+	case config.SandboxProcess:
+	case config.SandboxFirecracker:
+		checks = append(checks,
+			Check{Name: CheckFirecracker, Run: o.checkFirecracker},
+			Check{Name: CheckKVM, Run: checkKVM})
+		checks = append(checks, o.imageChecks()...)
+	default: // qemu, auto
+		checks = append(checks,
+			Check{Name: qemu.CheckBinary, Run: o.checkQEMU, Fix: installQEMU},
+			Check{Name: qemu.CheckAccel, Run: checkAccel})
+		checks = append(checks, o.imageChecks()...)
+		if o.Snapshot {
+			checks = append(checks, Check{Name: qemu.CheckSnapshotDir, Run: func(context.Context) sandbox.Check {
+				return qemu.CheckWritableDir(qemu.CheckSnapshotDir, o.SnapshotDir())
+			}})
+		}
+	}
+	return append(checks,
+		Check{Name: CheckFreeDisk, Run: o.checkFreeDisk},
+		Check{Name: CheckStateDir, Run: func(context.Context) sandbox.Check {
+			return qemu.CheckWritableDir(CheckStateDir, o.StateDir)
+		}})
+}
+
+func (o Options) imageChecks() []Check {
+	return []Check{
+		{Name: qemu.CheckKernel, Fix: o.buildImage, Run: func(context.Context) sandbox.Check {
+			k, _ := o.Image()
+			return qemu.CheckReadable(qemu.CheckKernel, k, qemu.FixBuildImage)
+		}},
+		{Name: qemu.CheckInitrd, Fix: o.buildImage, Run: func(context.Context) sandbox.Check {
+			_, i := o.Image()
+			return qemu.CheckReadable(qemu.CheckInitrd, i, qemu.FixBuildImage)
+		}},
+	}
+}
+
+// Image returns the guest image to boot: the configured files, or the
+// newest complete image under ImageDir ("", "" when there is none).
+func (o Options) Image() (kernel, initrd string) {
+	if o.Kernel != "" || o.Initrd != "" {
+		return o.Kernel, o.Initrd
+	}
+	dirs, _ := filepath.Glob(filepath.Join(o.ImageDir(), "*", guestimage.InitrdFile))
+	type image struct {
+		dir string
+		mod int64
+	}
+	var found []image
+	for _, p := range dirs {
+		dir := filepath.Dir(p)
+		st, err := os.Stat(filepath.Join(dir, guestimage.KernelFile))
+		if err != nil {
+			continue
+		}
+		found = append(found, image{dir, st.ModTime().UnixNano()})
+	}
+	if len(found) == 0 {
+		return "", ""
+	}
+	sort.Slice(found, func(i, j int) bool { return found[i].mod > found[j].mod })
+	return filepath.Join(found[0].dir, guestimage.KernelFile), filepath.Join(found[0].dir, guestimage.InitrdFile)
+}
+
+// buildImage is the image checks' fix: what `nex rootfs build` does.
+func (o Options) buildImage(ctx context.Context, w io.Writer) error {
+	if o.Kernel != "" || o.Initrd != "" {
+		return fmt.Errorf("the config names the image files (kernel_filepath, rootfs_filepath); fix those paths or remove them")
+	}
+	img, err := guestimage.Build(ctx, guestimage.Options{
+		CacheDir: o.ImageDir(),
+		Agent:    o.Agent,
+		Progress: func(s string) { fmt.Fprintln(w, "  ·", s) },
+		Log:      o.Log,
+	})
+	if err != nil {
+		return err
+	}
+	// Image picks the newest; make sure that is the one just built even
+	// when it came from the cache.
+	now := time.Now()
+	for _, p := range []string{img.Kernel, img.Initrd} {
+		_ = os.Chtimes(p, now, now)
+	}
+	return nil
+}
+
+func (o Options) checkQEMU(ctx context.Context) sandbox.Check {
+	return qemu.CheckQEMUBinary(ctx, o.QEMUBinary)
+}
+
+// installQEMU is the QEMU check's fix on Debian-like hosts.
+func installQEMU(ctx context.Context, w io.Writer) error {
+	for _, args := range [][]string{{"update"}, {"install", "-y", "qemu-system-x86"}} {
+		fmt.Fprintln(w, "  $ apt-get", args)
+		cmd := exec.CommandContext(ctx, "apt-get", args...)
+		cmd.Env = append(os.Environ(), "DEBIAN_FRONTEND=noninteractive")
+		cmd.Stdout, cmd.Stderr = w, w
+		if err := cmd.Run(); err != nil {
+			return fmt.Errorf("apt-get %s: %w", args[0], err)
+		}
+	}
+	return nil
+}
+
+// checkAccel always passes for QEMU (TCG works everywhere) and says which
+// accelerator a VM gets and why.
+func checkAccel(context.Context) sandbox.Check {
+	a := accel.Detect()
+	return sandbox.Check{OK: true, Info: string(a.Accel) + ": " + a.Reason}
+}
+
+// checkKVM is Firecracker's: it runs on KVM only.
+func checkKVM(context.Context) sandbox.Check {
+	a := accel.Detect()
+	if !a.KVM() {
+		return sandbox.Check{Info: a.Reason,
+			Fix: "run on a host with hardware virtualization (kvm_intel or kvm_amd loaded, /dev/kvm read-write), or use --sandbox qemu"}
+	}
+	return sandbox.Check{OK: true, Info: a.Reason}
+}
+
+func (o Options) checkFirecracker(context.Context) sandbox.Check {
+	name := o.FirecrackerBinary
+	if name == "" {
+		name = "firecracker"
+	}
+	fix := "install the firecracker binary from its release archive into PATH (Debian packages none), or use --sandbox qemu"
+	bin, err := exec.LookPath(name)
+	if err != nil {
+		return sandbox.Check{Info: name + " not found in PATH", Fix: fix}
+	}
+	return sandbox.Check{OK: true, Info: bin}
+}
+
+func (o Options) checkFreeDisk(context.Context) sandbox.Check {
+	// The data dir may not exist yet: measure the nearest existing parent.
+	dir := o.DataDir
+	for {
+		if _, err := os.Stat(dir); err == nil || filepath.Dir(dir) == dir {
+			break
+		}
+		dir = filepath.Dir(dir)
+	}
+	var st unix.Statfs_t
+	if err := unix.Statfs(dir, &st); err != nil {
+		return sandbox.Check{Info: fmt.Sprintf("statfs %s: %v", dir, err), Fix: "make the data dir's file system reachable"}
+	}
+	free := int64(st.Bavail) * int64(st.Bsize) >> 20
+	info := fmt.Sprintf("%d MiB free in %s (need %d)", free, dir, o.MinFreeMiB)
+	if free < o.MinFreeMiB {
+		return sandbox.Check{Info: info, Fix: "free space there, or point --data-dir at a larger file system"}
+	}
+	return sandbox.Check{OK: true, Info: info}
+}
