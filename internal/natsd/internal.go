@@ -215,6 +215,13 @@ func (in *Internal) disconnect(account string, match func(*server.ConnInfo) bool
 	}
 }
 
+// Users counts the live credentials: agent users and workload users.
+func (in *Internal) Users() (agents, workloads int) {
+	in.mu.RLock()
+	defer in.mu.RUnlock()
+	return len(in.agents), len(in.workloads)
+}
+
 // Shutdown stops the server.
 func (in *Internal) Shutdown() {
 	in.srv.Shutdown()

@@ -70,6 +70,10 @@ type Node struct {
 	sandboxes map[string]*sandboxHandle // every live sandbox, by id
 	workloads map[string]*workload      // by workload id
 
+	// testHookBeforeAgentDeploy lets tests inject faults between taking a
+	// sandbox and handing it the workload.
+	testHookBeforeAgentDeploy func(sandbox.Sandbox)
+
 	bg     sync.WaitGroup
 	ctx    context.Context
 	cancel context.CancelFunc

@@ -111,6 +111,9 @@ func (n *Node) start(ctx context.Context, w *workload) error {
 	d := agentapi.Deploy{WorkloadID: w.id, Name: w.name, Namespace: w.ns, Type: w.typ, Argv: w.argv, Env: w.env,
 		Hash: w.hash, Size: w.size, NATSUser: user, NATSPassword: pass}
 
+	if n.testHookBeforeAgentDeploy != nil {
+		n.testHookBeforeAgentDeploy(h.sb)
+	}
 	// A sandbox that dies mid-deploy must fail the request at once.
 	rctx, cancel := context.WithTimeout(ctx, 60*time.Second)
 	defer cancel()
