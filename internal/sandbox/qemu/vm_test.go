@@ -118,7 +118,9 @@ type buildError struct {
 	output string
 }
 
-func (e *buildError) Error() string { return "go build " + e.pkg + ": " + e.err.Error() + "\n" + e.output }
+func (e *buildError) Error() string {
+	return "go build " + e.pkg + ": " + e.err.Error() + "\n" + e.output
+}
 
 // driver makes a driver for the built image; mod adjusts its config.
 func (a vmAssets) driver(tb testing.TB, mod func(*Config)) *Driver {
