@@ -8,6 +8,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"sort"
+	"strings"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -44,11 +45,7 @@ func Checks(o Options) []Check {
 			Check{Name: qemu.CheckBinary, Run: o.checkQEMU, Fix: installQEMU},
 			Check{Name: qemu.CheckAccel, Run: checkAccel})
 		checks = append(checks, o.imageChecks()...)
-		if o.Snapshot {
-			checks = append(checks, Check{Name: qemu.CheckSnapshotDir, Run: func(context.Context) sandbox.Check {
-				return qemu.CheckWritableDir(qemu.CheckSnapshotDir, o.SnapshotDir())
-			}})
-		}
+		checks = append(checks, Check{Name: qemu.CheckSnapshotDir, Run: o.checkSnapshots})
 	}
 	return append(checks,
 		Check{Name: CheckFreeDisk, Run: o.checkFreeDisk},
@@ -58,16 +55,29 @@ func Checks(o Options) []Check {
 }
 
 func (o Options) imageChecks() []Check {
-	return []Check{
-		{Name: qemu.CheckKernel, Fix: o.buildImage, Run: func(context.Context) sandbox.Check {
-			k, _ := o.Image()
-			return qemu.CheckReadable(qemu.CheckKernel, k, qemu.FixBuildImage)
-		}},
-		{Name: qemu.CheckInitrd, Fix: o.buildImage, Run: func(context.Context) sandbox.Check {
-			_, i := o.Image()
-			return qemu.CheckReadable(qemu.CheckInitrd, i, qemu.FixBuildImage)
-		}},
+	check := func(name string, pick func(kernel, initrd string) string) Check {
+		return Check{Name: name, Fix: o.buildImage, Run: func(context.Context) sandbox.Check {
+			path := pick(o.Image())
+			c := qemu.CheckReadable(name, path, o.imageFix())
+			if path == "" {
+				c.Info = "no guest image under " + o.ImageDir()
+			}
+			return c
+		}}
 	}
+	return []Check{
+		check(qemu.CheckKernel, func(k, _ string) string { return k }),
+		check(qemu.CheckInitrd, func(_, i string) string { return i }),
+	}
+}
+
+// imageFix names the data dir, so the image lands where this node looks.
+func (o Options) imageFix() string {
+	if o.Kernel != "" || o.Initrd != "" {
+		return "fix kernel_filepath/rootfs_filepath in the config, or remove them to use the built image"
+	}
+	return fmt.Sprintf("nex rootfs build --data-dir %s (or: nex node preflight --sandbox %s --data-dir %s --yes)",
+		o.DataDir, o.Sandbox, o.DataDir)
 }
 
 // Image returns the guest image to boot: the configured files, or the
@@ -149,7 +159,7 @@ func checkAccel(context.Context) sandbox.Check {
 func checkKVM(context.Context) sandbox.Check {
 	a := accel.Detect()
 	if !a.KVM() {
-		return sandbox.Check{Info: a.Reason,
+		return sandbox.Check{Info: strings.TrimSuffix(a.Reason, "; using TCG"),
 			Fix: "run on a host with hardware virtualization (kvm_intel or kvm_amd loaded, /dev/kvm read-write), or use --sandbox qemu"}
 	}
 	return sandbox.Check{OK: true, Info: a.Reason}
@@ -187,4 +197,19 @@ func (o Options) checkFreeDisk(context.Context) sandbox.Check {
 		return sandbox.Check{Info: info, Fix: "free space there, or point --data-dir at a larger file system"}
 	}
 	return sandbox.Check{OK: true, Info: info}
+}
+
+// checkSnapshots says whether VMs are restored from snapshots and, when
+// they are, that their templates have a writable home.
+func (o Options) checkSnapshots(context.Context) sandbox.Check {
+	if !o.Snapshot {
+		return sandbox.Check{OK: true, Info: "off: every VM boots cold (vm_snapshots: true restores clones, ≈ 0.2 s instead of ≈ 1.4 s)"}
+	}
+	c := qemu.CheckWritableDir(qemu.CheckSnapshotDir, o.SnapshotDir())
+	if c.OK {
+		templates, _ := filepath.Glob(filepath.Join(o.SnapshotDir(), "*", "state.mig"))
+		c.Info = fmt.Sprintf("on: %s is writable, %d template(s) saved (one is made per VM size at first start)",
+			o.SnapshotDir(), len(templates))
+	}
+	return c
 }

@@ -147,6 +147,16 @@ func (r Report) Print(w io.Writer) {
 	}
 }
 
+// Fixable reports whether a failed check of r has a fix RunAndFix can run.
+func (r Report) Fixable(checks []Check) bool {
+	for i, c := range r {
+		if !c.OK && i < len(checks) && checks[i].Fix != nil {
+			return true
+		}
+	}
+	return false
+}
+
 // Run runs every check.
 func Run(ctx context.Context, checks []Check) Report {
 	r := make(Report, 0, len(checks))
