@@ -1,0 +1,169 @@
+package preflight
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/nex-engine/nex/internal/guestimage"
+	"github.com/nex-engine/nex/internal/sandbox"
+	"github.com/nex-engine/nex/internal/sandbox/qemu"
+)
+
+func names(checks []Check) string {
+	var n []string
+	for _, c := range checks {
+		n = append(n, c.Name)
+	}
+	return strings.Join(n, ", ")
+}
+
+func TestChecksPerSandbox(t *testing.T) {
+	tests := []struct {
+		sandbox string
+		want    string
+	}{
+		{"process", "free disk, state dir"},
+		{"qemu", "qemu binary, accelerator, guest kernel, guest initramfs, snapshot dir, free disk, state dir"},
+		{"auto", "qemu binary, accelerator, guest kernel, guest initramfs, snapshot dir, free disk, state dir"},
+		{"firecracker", "firecracker, kvm, guest kernel, guest initramfs, free disk, state dir"},
+	}
+	for _, tt := range tests {
+		if got := names(Checks(Options{Sandbox: tt.sandbox, DataDir: t.TempDir()})); got != tt.want {
+			t.Errorf("%s checks: %s, want %s", tt.sandbox, got, tt.want)
+		}
+	}
+}
+
+// fakeImage lays out an image as `nex rootfs build` leaves it.
+func fakeImage(t *testing.T, dataDir, hash string) (kernel, initrd string) {
+	t.Helper()
+	dir := filepath.Join(dataDir, "images", hash)
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	kernel, initrd = filepath.Join(dir, guestimage.KernelFile), filepath.Join(dir, guestimage.InitrdFile)
+	for _, p := range []string{kernel, initrd} {
+		if err := os.WriteFile(p, []byte("not empty"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return kernel, initrd
+}
+
+func find(r Report, name string) sandbox.Check {
+	for _, c := range r {
+		if c.Name == name {
+			return c
+		}
+	}
+	return sandbox.Check{Name: name, Info: "missing from report"}
+}
+
+func TestImageChecks(t *testing.T) {
+	ctx := context.Background()
+	data := t.TempDir()
+	o := Options{Sandbox: "qemu", DataDir: data}
+
+	r := Run(ctx, Checks(o))
+	k := find(r, qemu.CheckKernel)
+	if k.OK || !strings.Contains(k.Info, filepath.Join(data, "images")) || !strings.Contains(k.Fix, "--data-dir "+data) {
+		t.Fatalf("kernel check without an image = %+v; want a failure naming the image dir and a fix with --data-dir", k)
+	}
+	err := r.Err()
+	if !errors.Is(err, ErrFailed) || !strings.Contains(err.Error(), "guest kernel") || !strings.Contains(err.Error(), "nex rootfs build") {
+		t.Fatalf("Err = %v; want ErrFailed naming the kernel and its fix", err)
+	}
+
+	kernel, initrd := fakeImage(t, data, "aaaa")
+	r = Run(ctx, Checks(o))
+	if c := find(r, qemu.CheckKernel); !c.OK || !strings.Contains(c.Info, kernel) {
+		t.Fatalf("kernel check with an image = %+v", c)
+	}
+	if c := find(r, qemu.CheckInitrd); !c.OK || !strings.Contains(c.Info, initrd) {
+		t.Fatalf("initramfs check with an image = %+v", c)
+	}
+
+	// Configured files win, and a bad one is reported with its own fix.
+	o.Kernel, o.Initrd = filepath.Join(data, "missing-vmlinux"), initrd
+	r = Run(ctx, Checks(o))
+	if c := find(r, qemu.CheckKernel); c.OK || !strings.Contains(c.Fix, "kernel_filepath") {
+		t.Fatalf("kernel check of a missing configured file = %+v", c)
+	}
+}
+
+func TestStateDirAndDisk(t *testing.T) {
+	ctx := context.Background()
+	data := filepath.Join(t.TempDir(), "not", "yet")
+	r := Run(ctx, Checks(Options{Sandbox: "process", DataDir: data}))
+	if !r.OK() {
+		t.Fatalf("process preflight on a fresh data dir: %v", r.Err())
+	}
+	if st, err := os.Stat(filepath.Join(data, "state")); err != nil || !st.IsDir() {
+		t.Fatalf("state dir not created: %v", err)
+	}
+
+	r = Run(ctx, Checks(Options{Sandbox: "process", DataDir: t.TempDir(), MinFreeMiB: 1 << 40}))
+	if c := find(r, CheckFreeDisk); c.OK || c.Fix == "" {
+		t.Fatalf("free disk check asking for 1 EiB = %+v; want a failure with a fix", c)
+	}
+
+	// A state dir under a file cannot be made.
+	file := filepath.Join(t.TempDir(), "file")
+	os.WriteFile(file, nil, 0o644)
+	r = Run(ctx, Checks(Options{Sandbox: "process", DataDir: t.TempDir(), StateDir: filepath.Join(file, "state")}))
+	if c := find(r, CheckStateDir); c.OK {
+		t.Fatalf("state dir under a file = %+v; want a failure", c)
+	}
+}
+
+func TestRunAndFix(t *testing.T) {
+	marker := filepath.Join(t.TempDir(), "fixed")
+	var fixes int
+	checks := []Check{
+		{Name: "fixable", Run: func(context.Context) sandbox.Check {
+			if _, err := os.Stat(marker); err != nil {
+				return sandbox.Check{Info: "no marker", Fix: "touch it"}
+			}
+			return sandbox.Check{OK: true, Info: "marker there"}
+		}, Fix: func(_ context.Context, w io.Writer) error {
+			fixes++
+			return os.WriteFile(marker, nil, 0o644)
+		}},
+		{Name: "manual", Run: func(context.Context) sandbox.Check {
+			return sandbox.Check{Info: "needs a person", Fix: "do it by hand"}
+		}},
+		{Name: "broken fix", Run: func(context.Context) sandbox.Check {
+			return sandbox.Check{Info: "still bad", Fix: "x"}
+		}, Fix: func(context.Context, io.Writer) error { return errors.New("no network") }},
+	}
+	before := Run(context.Background(), checks)
+	if before.OK() || !before.Fixable(checks) {
+		t.Fatalf("before fixing: OK=%v fixable=%v", before.OK(), before.Fixable(checks))
+	}
+	var out bytes.Buffer
+	r := RunAndFix(context.Background(), checks, &out)
+	if !r[0].OK || fixes != 1 {
+		t.Fatalf("fixable check after its fix = %+v (fix ran %d times)", r[0], fixes)
+	}
+	if r[1].OK || r[2].OK || !strings.Contains(r[2].Info, "the fix failed: no network") {
+		t.Fatalf("manual and broken checks = %+v, %+v", r[1], r[2])
+	}
+	if !strings.Contains(out.String(), "→ fixing fixable") {
+		t.Fatalf("fix progress not written: %q", out.String())
+	}
+
+	var printed bytes.Buffer
+	r.Print(&printed)
+	want := []string{"✔ fixable", "✘ manual", "fix: do it by hand", "✘ broken fix"}
+	for _, w := range want {
+		if !strings.Contains(printed.String(), w) {
+			t.Errorf("report lacks %q:\n%s", w, printed.String())
+		}
+	}
+}
