@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"net/url"
 	"os"
 	"os/signal"
@@ -99,6 +100,8 @@ func (c *NodeUpCmd) Run(g *Globals, ctx context.Context) error {
 		if leaf, err = url.Parse(cfg.WorkloadLeafURL); err != nil {
 			return fmt.Errorf("workload_leaf_url: %w", err)
 		}
+	default:
+		leaf = probeLeaf(nc, log)
 	}
 
 	n, err := node.New(node.Options{Config: cfg, Identity: id, Control: nc, Driver: driver, LeafURL: leaf,
@@ -172,4 +175,24 @@ func (c *NodeUpCmd) connectControlPlane(g *Globals, cfg *config.Config, log *slo
 		return nil, nil, err
 	}
 	return nc, cp, nil
+}
+
+// probeLeaf is the fallback when the control plane is external and no
+// workload_leaf_url is configured: NATS's default leaf-node port on the
+// control plane's host, if something listens there.
+func probeLeaf(nc *nats.Conn, log *slog.Logger) *url.URL {
+	u, err := url.Parse(nc.ConnectedUrl())
+	if err != nil {
+		return nil
+	}
+	addr := net.JoinHostPort(u.Hostname(), "7422")
+	c, err := net.DialTimeout("tcp", addr, 500*time.Millisecond)
+	if err != nil {
+		log.Warn("no workload_leaf_url configured and no leaf-node port at " + addr +
+			"; workloads get the node's internal NATS only and their services are not reachable from the control plane")
+		return nil
+	}
+	c.Close()
+	log.Info("no workload_leaf_url configured; linking workloads to the control plane's default leaf-node port", "leaf_url", "nats-leaf://"+addr)
+	return &url.URL{Scheme: "nats-leaf", Host: addr}
 }

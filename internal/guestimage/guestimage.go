@@ -41,6 +41,8 @@ const (
 type Options struct {
 	// CacheDir holds downloaded packages and built images (<data dir>/images).
 	CacheDir string
+	// PackageDir holds downloaded kernel packages; empty: CacheDir/pkgs.
+	PackageDir string
 	// Kernel is a user-supplied kernel (bzImage or vmlinux) with its modules
 	// directory in KernelModules; empty: Debian's cloud kernel.
 	Kernel        string
@@ -101,7 +103,11 @@ func Build(ctx context.Context, o Options) (Image, error) {
 	if err := checkStatic(agentPath, agent); err != nil {
 		return Image{}, fmt.Errorf("guest image: %w", err)
 	}
-	progress(fmt.Sprintf("agent: %s (%d MiB)", agentPath, len(agent)>>20))
+	size := len(agent)
+	if agent, err = stripForGuest(agent); err != nil {
+		return Image{}, fmt.Errorf("guest image: agent %s: %w", agentPath, err)
+	}
+	progress(fmt.Sprintf("agent: %s (%d MiB, %d MiB stripped)", agentPath, size>>20, len(agent)>>20))
 
 	var mods []Module
 	if kf.Modules == "" {
@@ -164,7 +170,11 @@ func (o Options) kernelFiles(ctx context.Context, progress func(string)) (kernel
 		if o.KernelModules != "" {
 			return kernelFiles{}, errors.New("guest image: a modules dir was given without --kernel")
 		}
-		return fetchDebianKernel(ctx, filepath.Join(o.CacheDir, "pkgs"), progress)
+		pkgs := o.PackageDir
+		if pkgs == "" {
+			pkgs = filepath.Join(o.CacheDir, "pkgs")
+		}
+		return fetchDebianKernel(ctx, pkgs, progress)
 	}
 	if !exists(o.Kernel) {
 		return kernelFiles{}, fmt.Errorf("guest image: kernel %s: no such file", o.Kernel)

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"io"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"reflect"
 	"strings"
@@ -149,5 +150,30 @@ func TestBuildRefuses(t *testing.T) {
 	os.Remove(filepath.Join(in.opts.KernelModules, "kernel/drivers/char/virtio_console.ko"))
 	if _, err := Build(context.Background(), in.opts); err == nil || !strings.Contains(err.Error(), "virtio_console") {
 		t.Fatalf("kernel without virtio_console: err = %v", err)
+	}
+}
+
+func TestStripForGuest(t *testing.T) {
+	// A real static Go binary: strip it, run it.
+	exe := filepath.Join(t.TempDir(), "hello")
+	src := filepath.Join(t.TempDir(), "main.go")
+	os.WriteFile(src, []byte("package main\nimport \"fmt\"\nfunc main() { fmt.Println(\"hello from stripped\") }\n"), 0o644)
+	build := exec.Command("go", "build", "-o", exe, src)
+	build.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("go build: %v\n%s", err, out)
+	}
+	b, _ := os.ReadFile(exe)
+	s, err := stripForGuest(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(s) >= len(b) || !isCompleteELF(s) {
+		t.Fatalf("stripped %d → %d bytes, complete ELF %v", len(b), len(s), isCompleteELF(s))
+	}
+	os.WriteFile(exe, s, 0o755)
+	out, err := exec.Command(exe).CombinedOutput()
+	if err != nil || string(out) != "hello from stripped\n" {
+		t.Fatalf("stripped binary ran: %q, %v", out, err)
 	}
 }

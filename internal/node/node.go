@@ -141,9 +141,6 @@ func (n *Node) Start() error {
 	}
 	n.internal = in
 	n.log.Info("Internal NATS server started", "client_url", in.ClientURL())
-	if n.o.LeafURL == nil {
-		n.log.Warn("workloads are not linked to the control plane (no workload_leaf_url); their services are reachable only inside this node")
-	}
 	if n.inc, err = in.ConnectNode("nex-node-" + n.id[:8]); err != nil {
 		n.shutdownInternal()
 		return fmt.Errorf("connect to internal NATS: %w", err)

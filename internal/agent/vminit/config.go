@@ -124,3 +124,31 @@ func configFromCmdline(procCmdline string) (agentapi.VMConfig, error) {
 	}
 	return agentapi.VMConfig{Metadata: m}, nil
 }
+
+// eofRetry reads from a virtio-serial port, where a read returns EOF while
+// no host is connected: before the host has connected (when it dials QEMU
+// rather than listens) or after it hung up with data still on its way. Such
+// an EOF means "not yet", so it polls until data comes or ctx ends.
+type eofRetry struct {
+	ctx context.Context
+	r   io.Reader
+}
+
+func (e eofRetry) Read(p []byte) (int, error) {
+	for {
+		n, err := e.r.Read(p)
+		if n > 0 || !errors.Is(err, io.EOF) {
+			return n, err
+		}
+		select {
+		case <-e.ctx.Done():
+			return 0, io.EOF
+		case <-time.After(pollEvery):
+		}
+	}
+}
+
+type readWriter struct {
+	io.Reader
+	io.Writer
+}

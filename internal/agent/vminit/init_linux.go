@@ -30,6 +30,7 @@ const (
 	roleEnv   = "NEX_VMINIT_ROLE"
 	roleAgent = "agent"
 	metaFD    = 3
+	debugEnv  = "nex_debug"
 )
 
 // Bounds of the waits of init. Devices appear within milliseconds of their
@@ -59,7 +60,14 @@ func Wanted() bool { return os.Getpid() == 1 || os.Getenv(roleEnv) == roleAgent 
 // Main runs vminit and never returns: as PID 1 it boots the guest, runs the
 // agent child and powers off; as that child it runs the agent and exits.
 func Main() {
-	log := slog.New(slog.NewTextHandler(os.Stderr, nil))
+	// The kernel hands init the command line's unknown key=value words
+	// without a dot as environment variables: nex_debug=1 turns on debug
+	// logs. (Dotted words are module parameters and never reach init.)
+	level := slog.LevelInfo
+	if os.Getenv(debugEnv) != "" {
+		level = slog.LevelDebug
+	}
+	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
 	if os.Getpid() != 1 {
 		os.Exit(agentMain(log.With("role", "agent")))
 	}
@@ -120,12 +128,12 @@ func (m mountPoint) mount(context.Context) error {
 // loadModules loads what the image builder listed, in its order. A module
 // the kernel already has (built in, or loaded) reports EEXIST, which is fine.
 func (v *vm) loadModules(context.Context) error {
+	// The image always has the order file (empty when the kernel has
+	// everything built in), so its absence means the kernel could not unpack
+	// the whole initramfs.
 	b, err := os.ReadFile(filepath.Join(v.p.modules, "order"))
-	if errors.Is(err, os.ErrNotExist) {
-		return nil // an image whose kernel has everything built in
-	}
 	if err != nil {
-		return err
+		return fmt.Errorf("%w (initramfs incomplete: too little guest RAM to unpack it?)", err)
 	}
 	var loaded []string
 	for _, name := range strings.Fields(string(b)) {
@@ -248,7 +256,7 @@ func (v *vm) configFromPort(ctx context.Context) (agentapi.VMConfig, error) {
 	defer cancel()
 	stop := context.AfterFunc(ctx, func() { f.Close() })
 	defer stop()
-	cfg, err := exchangeConfig(f)
+	cfg, err := exchangeConfig(readWriter{eofRetry{ctx, f}, f})
 	if err != nil && ctx.Err() != nil {
 		return cfg, fmt.Errorf("no config from the host on %s within %s", dev, configWait)
 	}
@@ -353,7 +361,12 @@ func startAgent(m agentapi.Metadata) (int, error) {
 		return 0, err
 	}
 	defer r.Close()
-	env := append(os.Environ(), roleEnv+"="+roleAgent)
+	env := []string{roleEnv + "=" + roleAgent}
+	for _, kv := range os.Environ() {
+		if !strings.HasPrefix(kv, roleEnv+"=") {
+			env = append(env, kv)
+		}
+	}
 	pid, err := syscall.ForkExec(exe, []string{exe}, &syscall.ProcAttr{
 		Env:   env,
 		Files: []uintptr{0, 1, 2, r.Fd()},

@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"io"
 	"log/slog"
 	"net"
 	"os"
@@ -228,5 +229,32 @@ func TestForwardToNATS(t *testing.T) {
 	}
 	if _, err := net.Dial("tcp", ln.Addr().String()); err == nil {
 		t.Fatal("listener still accepts after cancel")
+	}
+}
+
+// hangup returns EOF a few times (host not connected) before its data.
+type hangup struct {
+	eofs int
+	data io.Reader
+}
+
+func (h *hangup) Read(p []byte) (int, error) {
+	if h.eofs > 0 {
+		h.eofs--
+		return 0, io.EOF
+	}
+	return h.data.Read(p)
+}
+
+func TestEOFRetry(t *testing.T) {
+	r := eofRetry{context.Background(), &hangup{eofs: 3, data: strings.NewReader("late\n")}}
+	line, err := bufio.NewReader(r).ReadString('\n')
+	if err != nil || line != "late\n" {
+		t.Fatalf("read %q, %v", line, err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Millisecond)
+	defer cancel()
+	if _, err := io.ReadAll(eofRetry{ctx, &hangup{eofs: 1 << 30}}); err != nil {
+		t.Fatalf("a port whose host never comes: %v, want a plain EOF once ctx ends", err)
 	}
 }

@@ -53,11 +53,13 @@ type Agent struct {
 	Meta agentapi.Metadata
 	h    *Harness
 
-	mu         sync.Mutex
-	handshakes []agentapi.Handshake
-	artifact   []byte
-	logs       []agentapi.LogLine
-	events     []agentapi.Event
+	mu          sync.Mutex
+	changed     chan struct{} // closed and replaced whenever something arrives
+	handshakes  []agentapi.Handshake
+	handshakeAt time.Time
+	artifact    []byte
+	logs        []agentapi.LogLine
+	events      []agentapi.Event
 }
 
 // AddAgent creates a sandbox's agent user and answers its handshakes.
@@ -73,7 +75,8 @@ func (h *Harness) addAgent(id string, answer bool) *Agent {
 	if err != nil {
 		h.t.Fatal(err)
 	}
-	a := &Agent{ID: id, h: h, Meta: agentapi.Metadata{SandboxID: id, NATSURL: h.Server.ClientURL(), Seed: seed}}
+	a := &Agent{ID: id, h: h, Meta: agentapi.Metadata{SandboxID: id, NATSURL: h.Server.ClientURL(), Seed: seed},
+		changed: make(chan struct{})}
 	subs := []struct {
 		subject string
 		handle  nats.MsgHandler
@@ -103,10 +106,15 @@ func (a *Agent) Spec(dir string) sandbox.Spec {
 }
 
 func (a *Agent) onHandshake(m *nats.Msg, answer bool) {
+	at := time.Now()
 	var hs agentapi.Handshake
 	_ = json.Unmarshal(m.Data, &hs)
 	a.mu.Lock()
+	if len(a.handshakes) == 0 {
+		a.handshakeAt = at
+	}
 	a.handshakes = append(a.handshakes, hs)
+	a.notifyLocked()
 	a.mu.Unlock()
 	if !answer {
 		return
@@ -143,6 +151,7 @@ func (a *Agent) onLog(m *nats.Msg) {
 	if json.Unmarshal(m.Data, &l) == nil {
 		a.mu.Lock()
 		a.logs = append(a.logs, l)
+		a.notifyLocked()
 		a.mu.Unlock()
 	}
 }
@@ -152,8 +161,21 @@ func (a *Agent) onEvent(m *nats.Msg) {
 	if json.Unmarshal(m.Data, &e) == nil {
 		a.mu.Lock()
 		a.events = append(a.events, e)
+		a.notifyLocked()
 		a.mu.Unlock()
 	}
+}
+
+func (a *Agent) notifyLocked() {
+	close(a.changed)
+	a.changed = make(chan struct{})
+}
+
+// HandshakeAt is when the first handshake arrived (zero before).
+func (a *Agent) HandshakeAt() time.Time {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.handshakeAt
 }
 
 // Handshakes are the handshake requests received so far.
@@ -179,7 +201,7 @@ func (a *Agent) Events() []agentapi.Event {
 
 // WaitHandshake waits for the first handshake.
 func (a *Agent) WaitHandshake(ctx context.Context) (agentapi.Handshake, error) {
-	if err := poll(ctx, func() bool { return len(a.Handshakes()) > 0 }); err != nil {
+	if err := a.waitFor(ctx, func() bool { return len(a.Handshakes()) > 0 }); err != nil {
 		return agentapi.Handshake{}, fmt.Errorf("no handshake from sandbox %s: %w", a.ID, err)
 	}
 	return a.Handshakes()[0], nil
@@ -188,7 +210,7 @@ func (a *Agent) WaitHandshake(ctx context.Context) (agentapi.Handshake, error) {
 // WaitEvent waits for an event of type typ.
 func (a *Agent) WaitEvent(ctx context.Context, typ string) (agentapi.Event, error) {
 	var found agentapi.Event
-	err := poll(ctx, func() bool {
+	err := a.waitFor(ctx, func() bool {
 		for _, e := range a.Events() {
 			if e.Type == typ {
 				found = e
@@ -205,7 +227,7 @@ func (a *Agent) WaitEvent(ctx context.Context, typ string) (agentapi.Event, erro
 
 // WaitLog waits for a log line on stream whose text is text.
 func (a *Agent) WaitLog(ctx context.Context, stream, text string) error {
-	err := poll(ctx, func() bool {
+	err := a.waitFor(ctx, func() bool {
 		return slices.ContainsFunc(a.Logs(), func(l agentapi.LogLine) bool { return l.Stream == stream && l.Text == text })
 	})
 	if err != nil {
@@ -271,16 +293,20 @@ func (a *Agent) request(ctx context.Context, subject string, v any) (agentapi.Re
 	return r, nil
 }
 
-// poll checks cond every few milliseconds until it holds or ctx ends.
-func poll(ctx context.Context, cond func() bool) error {
-	t := time.NewTicker(10 * time.Millisecond)
-	defer t.Stop()
-	for !cond() {
+// waitFor re-checks cond whenever something arrives from the agent, until
+// it holds or ctx ends.
+func (a *Agent) waitFor(ctx context.Context, cond func() bool) error {
+	for {
+		a.mu.Lock()
+		changed := a.changed
+		a.mu.Unlock()
+		if cond() {
+			return nil
+		}
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
-		case <-t.C:
+		case <-changed:
 		}
 	}
-	return nil
 }

@@ -108,6 +108,9 @@ func (s *suite) start(t *testing.T, d sandbox.Driver, a *Agent) (sandbox.Sandbox
 		if err := sb.Stop(ctx); err != nil {
 			t.Errorf("stop sandbox %s: %v", spec.ID, err)
 		}
+		if t.Failed() {
+			dumpLogs(t, spec.Dir)
+		}
 	})
 	if sb.ID() != spec.ID {
 		t.Fatalf("sandbox id = %q, want %q", sb.ID(), spec.ID)
@@ -421,5 +424,20 @@ func (s *suite) testConcurrent(t *testing.T) {
 		if err := sb.Err(); !errors.Is(err, sandbox.ErrStopped) {
 			t.Errorf("sandbox %s: Err = %v; want ErrStopped", sb.ID(), err)
 		}
+	}
+}
+
+// dumpLogs shows the tail of every log file a driver keeps in dir.
+func dumpLogs(t *testing.T, dir string) {
+	paths, _ := filepath.Glob(filepath.Join(dir, "*.log"))
+	for _, p := range paths {
+		b, err := os.ReadFile(p)
+		if err != nil {
+			continue
+		}
+		if len(b) > 4096 {
+			b = b[len(b)-4096:]
+		}
+		t.Logf("%s:\n%s", p, b)
 	}
 }
