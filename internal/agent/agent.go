@@ -102,7 +102,7 @@ func Run(ctx context.Context, o Options) error {
 		return err
 	}
 	a.nc = nc
-	defer nc.Close()
+	defer a.close()
 
 	if err := a.subscribe(); err != nil {
 		return err
@@ -148,7 +148,7 @@ type agent struct {
 	finished   chan struct{} // Run may end: the workload's end is reported
 	finishOnce sync.Once
 	closed     chan struct{} // the connection is closed for good
-	draining   bool
+	closing    bool          // the agent closes it: not a loss
 }
 
 // running is the sandbox's one workload.
@@ -330,7 +330,7 @@ func (a *agent) publishLog(stream, text string) {
 // sends what is buffered, and closes the connection.
 func (a *agent) drain() {
 	a.mu.Lock()
-	a.draining = true
+	a.closing = true
 	a.mu.Unlock()
 	if err := a.nc.Drain(); err != nil {
 		return
@@ -340,6 +340,13 @@ func (a *agent) drain() {
 	case <-time.After(2 * flushTimeout):
 		a.log.Warn("drain did not finish; closing")
 	}
+}
+
+func (a *agent) close() {
+	a.mu.Lock()
+	a.closing = true
+	a.mu.Unlock()
+	a.nc.Close()
 }
 
 func connErr(nc *nats.Conn) error {

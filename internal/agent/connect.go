@@ -39,9 +39,9 @@ func (a *agent) connect(ctx context.Context) (*nats.Conn, error) {
 		nats.ReconnectHandler(func(*nats.Conn) { a.log.Info("reconnected to node") }),
 		nats.ClosedHandler(func(*nats.Conn) {
 			a.mu.Lock()
-			draining := a.draining
+			closing := a.closing
 			a.mu.Unlock()
-			if !draining {
+			if !closing {
 				a.log.Error("connection to node closed for good")
 			}
 			close(a.closed)
