@@ -2,7 +2,8 @@
 // each address it is given and prints one line per try,
 // "probe <network>/<addr> <open|closed: reason>", then "probes done".
 // An open TCP address must also greet it (a NATS server sends INFO first)
-// for the probe to count as open.
+// for the probe to count as open. It then waits to be stopped, so its output
+// never races its own exit.
 package main
 
 import (
@@ -10,7 +11,9 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"os/signal"
 	"strings"
+	"syscall"
 	"time"
 )
 
@@ -20,6 +23,9 @@ func main() {
 		fmt.Printf("probe %s %s\n", target, probe(network, addr))
 	}
 	fmt.Println("probes done")
+	stop := make(chan os.Signal, 1)
+	signal.Notify(stop, syscall.SIGTERM, syscall.SIGINT)
+	<-stop
 }
 
 func probe(network, addr string) string {

@@ -1,0 +1,171 @@
+package qemu
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"log/slog"
+	"os"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/nex-engine/nex/internal/sandbox"
+	"github.com/nex-engine/nex/internal/sandbox/sandboxtest"
+)
+
+// Benchmarks of the QEMU driver (NEX_VM_TESTS=1):
+//
+//	NEX_VM_TESTS=1 go test ./internal/sandbox/qemu -run '^$' -bench . -benchtime 5x
+//
+// Each reports ms from Start to the agent's handshake on the internal NATS
+// ("ms/handshake"), or the host memory of an idle VM's QEMU process.
+
+type benchVM struct {
+	a  *sandboxtest.Agent
+	sb sandbox.Sandbox
+}
+
+// bootToHandshake starts n sandboxes at once and returns them once every
+// agent has handshaken, with the time that took.
+func bootToHandshake(b *testing.B, d *Driver, h *sandboxtest.Harness, n int) ([]benchVM, time.Duration) {
+	b.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), vmTimeout)
+	defer cancel()
+	vms := make([]benchVM, n)
+	errs := make([]error, n)
+	for i := range vms {
+		vms[i].a = h.AddAgent(fmt.Sprintf("bench%d", benchSeq.Add(1)))
+	}
+	t0 := time.Now()
+	var wg sync.WaitGroup
+	for i := range vms {
+		wg.Go(func() {
+			if vms[i].sb, errs[i] = d.Start(ctx, vms[i].a.Spec(b.TempDir())); errs[i] == nil {
+				_, errs[i] = vms[i].a.WaitHandshake(ctx)
+			}
+		})
+	}
+	wg.Wait()
+	took := time.Since(t0)
+	for i, err := range errs {
+		if err != nil {
+			stopAll(vms)
+			b.Fatalf("vm %d: %v", i, err)
+		}
+	}
+	return vms, took
+}
+
+func stopAll(vms []benchVM) {
+	var wg sync.WaitGroup
+	for _, v := range vms {
+		if v.sb != nil {
+			wg.Go(func() { _ = v.sb.Stop(context.Background()) })
+		}
+	}
+	wg.Wait()
+}
+
+var benchSeq atomic.Int64
+
+func benchDriver(b *testing.B, snapshot bool) *Driver {
+	requireVM(b)
+	a := vmSetup(b)
+	d := a.driver(b, func(c *Config) {
+		c.Log = slog.New(slog.DiscardHandler) // keep benchmark output to the table
+		c.Snapshot, c.SnapshotDir = snapshot, b.TempDir()
+	})
+	if snapshot {
+		if err := d.Prepare(context.Background(), Shape{VCPU: 1, MemoryMiB: 128}); err != nil {
+			b.Fatal(err)
+		}
+	}
+	return d
+}
+
+func benchBoot(b *testing.B, snapshot bool, n int) {
+	d := benchDriver(b, snapshot)
+	h := sandboxtest.NewHarness(b)
+	var total time.Duration
+	b.ResetTimer()
+	for range b.N {
+		vms, took := bootToHandshake(b, d, h, n)
+		total += took
+		b.StopTimer()
+		stopAll(vms)
+		b.StartTimer()
+	}
+	b.ReportMetric(float64(total.Milliseconds())/float64(b.N), "ms/handshake")
+}
+
+// BenchmarkColdBoot: QEMU start → kernel → /init → config → agent handshake.
+func BenchmarkColdBoot(b *testing.B) { benchBoot(b, false, 1) }
+
+// BenchmarkCloneRestore: QEMU start → snapshot loaded → config → agent
+// handshake (the template is made before the clock starts).
+func BenchmarkCloneRestore(b *testing.B) { benchBoot(b, true, 1) }
+
+// BenchmarkColdBootTwoAtOnce: two cold boots at the same time, until both
+// have handshaken.
+func BenchmarkColdBootTwoAtOnce(b *testing.B) { benchBoot(b, false, 2) }
+
+// BenchmarkCloneRestoreTwoAtOnce: two clones at the same time.
+func BenchmarkCloneRestoreTwoAtOnce(b *testing.B) { benchBoot(b, true, 2) }
+
+// BenchmarkIdleMemory reports the host memory of idle VMs' QEMU processes,
+// two at a time so the sharing of clones shows: RSS counts the template's
+// RAM file pages in every clone, PSS divides them among the clones.
+func BenchmarkIdleMemory(b *testing.B) {
+	for _, mode := range []struct {
+		name     string
+		snapshot bool
+	}{{"cold", false}, {"clone", true}} {
+		b.Run(mode.name, func(b *testing.B) {
+			d := benchDriver(b, mode.snapshot)
+			h := sandboxtest.NewHarness(b)
+			var rss, pss float64
+			for range b.N {
+				vms, _ := bootToHandshake(b, d, h, 2)
+				// Idle: let the agents settle after their handshake.
+				<-time.After(2 * time.Second)
+				for _, v := range vms {
+					r, p := procMemKiB(b, v.sb.PID())
+					rss += float64(r) / 1024
+					pss += float64(p) / 1024
+				}
+				stopAll(vms)
+			}
+			b.ReportMetric(rss/float64(2*b.N), "MiB-RSS/vm")
+			b.ReportMetric(pss/float64(2*b.N), "MiB-PSS/vm")
+		})
+	}
+}
+
+// procMemKiB reads a process's RSS and PSS in KiB.
+func procMemKiB(b *testing.B, pid int) (rss, pss int) {
+	b.Helper()
+	f, err := os.Open(fmt.Sprintf("/proc/%d/smaps_rollup", pid))
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		fields := strings.Fields(sc.Text())
+		if len(fields) < 2 {
+			continue
+		}
+		v, _ := strconv.Atoi(fields[1])
+		switch fields[0] {
+		case "Rss:":
+			rss = v
+		case "Pss:":
+			pss = v
+		}
+	}
+	return rss, pss
+}
