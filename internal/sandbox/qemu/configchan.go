@@ -40,12 +40,8 @@ func serveConfig(waitReady bool) func(context.Context, *vm) error {
 			}
 			// QEMU closes the channel when it exits; its exit is then the
 			// reason to report, not the channel's end.
-			if errors.Is(err, io.EOF) || errors.Is(err, net.ErrClosed) {
-				select {
-				case <-v.done:
-					return
-				case <-time.After(2 * time.Second):
-				}
+			if (errors.Is(err, io.EOF) || errors.Is(err, net.ErrClosed)) && v.exitedSoon() {
+				return
 			}
 			v.fail(fmt.Errorf("config channel: %w", err))
 		}()
@@ -133,16 +129,28 @@ func awaitReady(ctx context.Context, v *vm) error {
 		deadline = dl
 	}
 	r, err := v.acceptConfig(deadline)
-	if err != nil {
-		return err
+	if err == nil {
+		stop := context.AfterFunc(ctx, func() { (*v.conn.Load()).SetDeadline(time.Unix(1, 0)) })
+		defer stop()
+		err = readReady(r)
 	}
-	stop := context.AfterFunc(ctx, func() { (*v.conn.Load()).SetDeadline(time.Unix(1, 0)) })
-	defer stop()
-	if err := readReady(r); err != nil {
-		if errors.Is(err, net.ErrClosed) || errors.Is(err, io.EOF) {
-			return fmt.Errorf("guest ended before %s (see %s): %w", agentapi.ReadyLine, v.path(consoleFile), err)
-		}
-		return fmt.Errorf("waiting for %s: %w", agentapi.ReadyLine, err)
+	if err == nil {
+		return nil
 	}
-	return nil
+	if v.exitedSoon() {
+		// QEMU's exit closed the channel: that is the reason.
+		return fmt.Errorf("guest ended before %s (console: %s): %w", agentapi.ReadyLine, v.path(consoleFile), v.exitErr)
+	}
+	return fmt.Errorf("waiting for %s: %w", agentapi.ReadyLine, err)
+}
+
+// exitedSoon reports whether QEMU has exited or does so within moments:
+// when the config channel breaks, QEMU's exit is usually why.
+func (v *vm) exitedSoon() bool {
+	select {
+	case <-v.done:
+		return true
+	case <-time.After(2 * time.Second):
+		return false
+	}
 }

@@ -226,8 +226,7 @@ func (d *Driver) Start(ctx context.Context, spec sandbox.Spec) (sandbox.Sandbox,
 		boot = cloneBoot()
 	}
 	if err := v.run(ctx, boot); err != nil {
-		v.kill()
-		<-v.doneOrNil()
+		v.abort()
 		return nil, fmt.Errorf("start vm %s: %w", spec.ID, err)
 	}
 	return v, nil

@@ -163,3 +163,31 @@ func TestStopAndExitErrors(t *testing.T) {
 		t.Fatalf("second Stop: %v", err)
 	}
 }
+
+// TestTemplateFailure: a template that cannot boot fails the clone's Start
+// with QEMU's own reason, and leaves no half-made template behind.
+func TestTemplateFailure(t *testing.T) {
+	requireQEMU(t)
+	snaps := t.TempDir()
+	kernel := filepath.Join(t.TempDir(), "vmlinux")
+	initrd := filepath.Join(t.TempDir(), "initrd")
+	for _, p := range []string{kernel, initrd} {
+		if err := os.WriteFile(p, []byte("not a kernel"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	d, err := New(Config{Kernel: kernel, Initrd: initrd, Snapshot: true, SnapshotDir: snaps,
+		Log: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	spec := sandbox.Spec{ID: "clone1", Dir: t.TempDir(),
+		Agent: agentapi.Metadata{SandboxID: "clone1", NATSURL: "nats://127.0.0.1:4222", Seed: "SUTEST"}}
+	_, err = d.Start(context.Background(), spec)
+	if err == nil || !strings.Contains(err.Error(), "snapshot template") || !strings.Contains(err.Error(), "qemu exited") {
+		t.Fatalf("Start with an unbootable template: %v; want the template's QEMU exit", err)
+	}
+	if left, _ := os.ReadDir(snaps); len(left) != 0 {
+		t.Fatalf("snapshot dir keeps %d entries after a failed template", len(left))
+	}
+}

@@ -112,8 +112,7 @@ func (d *Driver) buildTemplate(ctx context.Context, s Shape, t *template) error 
 	v.mach.NATSHost, v.mach.NATSPort = "127.0.0.1", templatePort
 	v.mach.RAM = &ramFile{Path: filepath.Join(tmp, ramImage), Shared: true}
 	if err := v.run(ctx, templateBoot()); err != nil {
-		v.kill()
-		<-v.doneOrNil()
+		v.abort()
 		return err
 	}
 	if err := os.Rename(tmp, t.dir); err != nil {

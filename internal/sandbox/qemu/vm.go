@@ -167,6 +167,17 @@ func (v *vm) kill() {
 	}
 }
 
+// abort undoes a boot that failed part way: QEMU killed and reaped, the
+// config socket closed even when QEMU never started.
+func (v *vm) abort() {
+	v.stopRequested.Store(true)
+	v.kill()
+	<-v.doneOrNil()
+	if v.ln != nil {
+		v.ln.Close()
+	}
+}
+
 // doneOrNil is Done that also works before launch (a closed channel then).
 func (v *vm) doneOrNil() <-chan struct{} {
 	if v.done == nil {
