@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -212,4 +213,20 @@ func (o Options) checkSnapshots(context.Context) sandbox.Check {
 			o.SnapshotDir(), len(templates))
 	}
 	return c
+}
+
+// QEMUConfig is the qemu driver's config for the node o describes: the
+// image the checks found, snapshots under SnapshotDir. A node calls it after
+// its preflight passed.
+func (o Options) QEMUConfig(log *slog.Logger) qemu.Config {
+	o = o.withDefaults()
+	kernel, initrd := o.Image()
+	return qemu.Config{
+		QEMUBinary:  o.QEMUBinary,
+		Kernel:      kernel,
+		Initrd:      initrd,
+		Snapshot:    o.Snapshot,
+		SnapshotDir: o.SnapshotDir(),
+		Log:         log,
+	}
 }

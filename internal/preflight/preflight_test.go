@@ -167,3 +167,15 @@ func TestRunAndFix(t *testing.T) {
 		}
 	}
 }
+
+func TestQEMUConfig(t *testing.T) {
+	data := t.TempDir()
+	kernel, initrd := fakeImage(t, data, "bbbb")
+	c := Options{Sandbox: "qemu", DataDir: data, Snapshot: true}.QEMUConfig(nil)
+	if c.Kernel != kernel || c.Initrd != initrd || !c.Snapshot || c.SnapshotDir != filepath.Join(data, "snapshots") {
+		t.Fatalf("QEMUConfig = %+v", c)
+	}
+	if err := c.Validate(); err != nil {
+		t.Fatal(err)
+	}
+}
