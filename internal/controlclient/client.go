@@ -20,7 +20,8 @@ import (
 
 // Defaults for the collection windows; see Client.
 const (
-	DefaultStall         = 150 * time.Millisecond
+	DefaultStall         = 250 * time.Millisecond
+	MinStall             = 25 * time.Millisecond
 	DefaultQuiet         = 2 * time.Second
 	DefaultTimeout       = 5 * time.Second
 	DefaultDeployTimeout = time.Minute
@@ -226,8 +227,10 @@ func (c *Client) collect(ctx context.Context, subj string, data []byte, silenceO
 		return nil, fmt.Errorf("request %s: %w", subj, err)
 	}
 	var replies [][]byte
+	sent := time.Now()
+	stall := c.stall
 	for {
-		wait := c.stall
+		wait := stall
 		if len(replies) == 0 {
 			wait = 0 // until ctx ends
 			if silenceOK {
@@ -242,6 +245,9 @@ func (c *Client) collect(ctx context.Context, subj string, data []byte, silenceO
 		wcancel()
 		switch {
 		case err == nil:
+			if len(replies) == 0 {
+				stall = adaptiveStall(time.Since(sent), c.stall)
+			}
 			replies = append(replies, msg.Data)
 			continue
 		case errors.Is(err, nats.ErrNoResponders):
@@ -261,6 +267,14 @@ func (c *Client) collect(ctx context.Context, subj string, data []byte, silenceO
 			return nil, fmt.Errorf("collect replies to %s: %w", subj, err)
 		}
 	}
+}
+
+// adaptiveStall scales the stall window to how far away the nodes are: a
+// first reply after rtt means the others are most likely a few rtts behind.
+// On loopback that ends a listing within tens of milliseconds; across a WAN
+// it waits longer. max bounds it (the configured stall).
+func adaptiveStall(rtt, max time.Duration) time.Duration {
+	return min(max, 4*rtt+MinStall)
 }
 
 // decodeAll opens every reply envelope and sorts the results by key. A reply

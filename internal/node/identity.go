@@ -15,13 +15,16 @@ import (
 type Identity struct {
 	Key  nkeys.KeyPair // server nkey
 	XKey nkeys.KeyPair // curve key
+	// Public keys, derived once: a curve key's PublicKey is a scalar
+	// multiplication, too slow for every ping.
+	id, xpub string
 }
 
 // ID is the node's public nkey.
-func (i Identity) ID() string { p, _ := i.Key.PublicKey(); return p }
+func (i Identity) ID() string { return i.id }
 
 // PublicXKey is the node's public curve key.
-func (i Identity) PublicXKey() string { p, _ := i.XKey.PublicKey(); return p }
+func (i Identity) PublicXKey() string { return i.xpub }
 
 // NewIdentity loads the seeds from the given files, creating a file (0600)
 // that does not exist yet; an empty path means a fresh, unsaved key.
@@ -34,7 +37,9 @@ func NewIdentity(nodeSeedFile, xkeySeedFile string) (Identity, error) {
 	if err != nil {
 		return Identity{}, fmt.Errorf("node xkey: %w", err)
 	}
-	return Identity{Key: k, XKey: x}, nil
+	id, _ := k.PublicKey()
+	xpub, _ := x.PublicKey()
+	return Identity{Key: k, XKey: x, id: id, xpub: xpub}, nil
 }
 
 func loadOrCreate(path string, want nkeys.PrefixByte, create func() (nkeys.KeyPair, error)) (nkeys.KeyPair, error) {
