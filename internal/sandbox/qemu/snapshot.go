@@ -102,6 +102,7 @@ func (d *Driver) buildTemplate(ctx context.Context, s Shape, t *template) error 
 	if err := os.MkdirAll(d.cfg.SnapshotDir, 0o700); err != nil {
 		return err
 	}
+	removeStaleBuilds(t.dir + ".tmp-*")
 	tmp, err := os.MkdirTemp(d.cfg.SnapshotDir, filepath.Base(t.dir)+".tmp-")
 	if err != nil {
 		return err
@@ -123,6 +124,20 @@ func (d *Driver) buildTemplate(ctx context.Context, s Shape, t *template) error 
 	}
 	d.log.Info("Snapshot template saved", "dir", t.dir, logTook, time.Since(t0))
 	return nil
+}
+
+// staleBuildAge is when a template build directory is surely abandoned (its
+// node crashed): a build takes seconds.
+const staleBuildAge = 10 * time.Minute
+
+// removeStaleBuilds deletes abandoned build directories of a template.
+func removeStaleBuilds(pattern string) {
+	dirs, _ := filepath.Glob(pattern)
+	for _, dir := range dirs {
+		if st, err := os.Stat(dir); err == nil && time.Since(st.ModTime()) > staleBuildAge {
+			os.RemoveAll(dir)
+		}
+	}
 }
 
 // templateKey names a template by everything its saved state depends on:
