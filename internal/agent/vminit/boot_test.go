@@ -19,6 +19,7 @@ import (
 
 	"github.com/nats-io/nats.go"
 
+	"github.com/nex-engine/nex/internal/agent/vminit"
 	"github.com/nex-engine/nex/internal/agentapi"
 	"github.com/nex-engine/nex/internal/guestimage"
 	"github.com/nex-engine/nex/internal/natsd"
@@ -28,39 +29,6 @@ import (
 // static nex as /init) boots under QEMU TCG, takes its identity over the
 // config port, and its agent handshakes on the node's internal NATS through
 // QEMU's guestfwd.
-
-// forwardArg makes the test binary, run by QEMU for each guest connection
-// to the NATS address, splice that connection (its stdin and stdout) to the
-// node's internal server. QEMU's chardev form of guestfwd carries only one
-// connection, made when QEMU starts, so the per-connection command form is
-// the one that works (see package sandbox/qemu for the driver's own).
-const forwardArg = "vmtest-forward"
-
-func TestMain(m *testing.M) {
-	if len(os.Args) == 3 && os.Args[1] == forwardArg {
-		forwardStdio(os.Args[2])
-		os.Exit(0)
-	}
-	os.Exit(m.Run())
-}
-
-func forwardStdio(addr string) {
-	guest, err := net.FileConn(os.Stdin)
-	if err != nil {
-		return
-	}
-	defer guest.Close()
-	up, err := net.Dial("tcp", addr)
-	if err != nil {
-		return
-	}
-	defer up.Close()
-	done := make(chan struct{}, 2)
-	go func() { io.Copy(up, guest); up.(*net.TCPConn).CloseWrite(); done <- struct{}{} }()
-	go func() { io.Copy(guest, up); guest.Close(); done <- struct{}{} }()
-	<-done
-	<-done
-}
 
 func requireVM(tb testing.TB) string {
 	tb.Helper()
@@ -199,7 +167,7 @@ func boot(tb testing.TB, qemu string, img guestimage.Image, n node, id string) *
 		"-append", fmt.Sprintf("console=ttyS0 quiet panic=-1 reboot=t tsc_early_khz=%d cryptomgr.notests "+
 			"initcall_blacklist=init_kprobe_trace mitigations=off nokaslr%s", hostTSCkHz(tb), debugArg()),
 		"-netdev", fmt.Sprintf("user,id=n0,restrict=on,guestfwd=tcp:%s-cmd:%s %s 127.0.0.1:%s",
-			agentapi.GuestNATSAddr, self(tb), forwardArg, natsPort),
+			agentapi.GuestNATSAddr, self(tb), vminit.ForwardArg, natsPort),
 		"-device", "virtio-net-device,netdev=n0",
 		"-device", "virtio-serial-device",
 		"-chardev", fmt.Sprintf("socket,path=%s,server=off,id=c0", sock),

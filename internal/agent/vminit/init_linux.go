@@ -327,6 +327,7 @@ func initMain(log *slog.Logger) {
 			powerOff(log)
 		}
 	}()
+	start := time.Now()
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	v := &vm{log: log, p: guestPaths}
@@ -334,7 +335,10 @@ func initMain(log *slog.Logger) {
 		log.Error("boot failed; powering off", keyError, err)
 		powerOff(log)
 	}
-	log.Info("booted", "uptime", uptime(v.p.proc))
+	// Kernel time before init and init's own time, for boot tuning.
+	up := uptime(v.p.proc)
+	took := time.Since(start)
+	log.Info("booted", "kernel", (up - took).Round(time.Millisecond), "init", took.Round(time.Millisecond))
 
 	// SIGCHLD is registered before the child exists so no exit goes unseen.
 	sigs := make(chan os.Signal, 16)
@@ -422,16 +426,19 @@ func powerOff(log *slog.Logger) {
 	os.Exit(1)
 }
 
-func uptime(proc string) string {
+// uptime is the time since the kernel started (monotonic, unaffected by the
+// clock step above).
+func uptime(proc string) time.Duration {
 	b, err := os.ReadFile(filepath.Join(proc, "uptime"))
 	if err != nil {
-		return "?"
+		return 0
 	}
 	f := strings.Fields(string(b))
 	if len(f) == 0 {
-		return "?"
+		return 0
 	}
-	return f[0] + "s"
+	d, _ := time.ParseDuration(f[0] + "s")
+	return d
 }
 
 // agentMain is the agent child: metadata from fd 3, then agent.Run.

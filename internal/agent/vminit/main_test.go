@@ -1,0 +1,152 @@
+package vminit
+
+import (
+	"bufio"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"os/exec"
+	"os/signal"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// The test binary plays extra roles when re-run by a test:
+//
+//   - ForwardArg: QEMU runs it for each guest connection to the NATS address
+//     and it splices that connection (stdin/stdout) to the node's server.
+//     QEMU's chardev form of guestfwd carries only one connection, made when
+//     QEMU starts, so the per-connection command form is the one that works.
+//   - reapRole: the processes of TestReapUntil.
+const (
+	ForwardArg = "vmtest-forward"
+	reapRole   = "VMINIT_TEST_REAP_ROLE"
+)
+
+func TestMain(m *testing.M) {
+	if len(os.Args) == 3 && os.Args[1] == ForwardArg {
+		forwardStdio(os.Args[2])
+		os.Exit(0)
+	}
+	if role := os.Getenv(reapRole); role != "" {
+		os.Exit(reapHelper(role))
+	}
+	os.Exit(m.Run())
+}
+
+func forwardStdio(addr string) {
+	guest, err := net.FileConn(os.Stdin)
+	if err != nil {
+		return
+	}
+	defer guest.Close()
+	up, err := net.Dial("tcp", addr)
+	if err != nil {
+		return
+	}
+	defer up.Close()
+	done := make(chan struct{}, 2)
+	go func() { io.Copy(up, guest); up.(*net.TCPConn).CloseWrite(); done <- struct{}{} }()
+	go func() { io.Copy(guest, up); guest.Close(); done <- struct{}{} }()
+	<-done
+	<-done
+}
+
+// TestReapUntil runs the reaper the way PID 1 does, in a sub-reaper so the
+// orphans come to it: the agent runs a child that double-forks and waits for
+// it with os/exec; the grandchild, orphaned, must be reaped by the reaper,
+// and the agent must still get its own child's exit status.
+func TestReapUntil(t *testing.T) {
+	cmd := exec.Command(os.Args[0])
+	cmd.Env = append(os.Environ(), reapRole+"=init")
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("init helper: %v\n%s", err, out)
+	}
+	t.Logf("%s", out)
+	if !strings.Contains(string(out), "agent status: exit 7") {
+		t.Fatalf("the reaper did not return the agent's status (exit 7 means the agent's own wait and the orphan's reaping both worked)")
+	}
+	if !strings.Contains(string(out), "reaped orphan") {
+		t.Fatal("the orphan was not reaped by the reaper")
+	}
+}
+
+func reapHelper(role string) int {
+	self := func(role string) *exec.Cmd {
+		c := exec.Command(os.Args[0])
+		c.Env = append(withoutRole(), reapRole+"="+role)
+		return c
+	}
+	switch role {
+	case "init":
+		if err := unix.Prctl(unix.PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0); err != nil {
+			fmt.Println("subreaper:", err)
+			return 1
+		}
+		log := slog.New(slog.NewTextHandler(os.Stdout, &slog.HandlerOptions{Level: slog.LevelDebug}))
+		sigs := make(chan os.Signal, 16)
+		signal.Notify(sigs, syscall.SIGCHLD)
+		pid, err := syscall.ForkExec(os.Args[0], []string{os.Args[0]}, &syscall.ProcAttr{
+			Env:   append(withoutRole(), reapRole+"=agent"),
+			Files: []uintptr{0, 1, 2},
+		})
+		if err != nil {
+			fmt.Println("fork agent:", err)
+			return 1
+		}
+		fmt.Println("agent status:", exitStatus(reapUntil(pid, sigs, log)))
+		return 0
+	case "agent":
+		// The child prints the grandchild's pid and exits 5 at once.
+		c := self("child")
+		stdout, _ := c.StdoutPipe()
+		if err := c.Start(); err != nil {
+			return 1
+		}
+		line, _ := bufio.NewReader(stdout).ReadString('\n')
+		err := c.Wait()
+		var ee *exec.ExitError
+		if !errors.As(err, &ee) || ee.ExitCode() != 5 {
+			fmt.Println("agent: own child's status lost:", err)
+			return 1
+		}
+		orphan, _ := strconv.Atoi(strings.TrimSpace(line))
+		// The orphan exits at once; it is gone from /proc only once reaped.
+		for deadline := time.Now().Add(20 * time.Second); time.Now().Before(deadline); time.Sleep(5 * time.Millisecond) {
+			if _, err := os.Stat(fmt.Sprintf("/proc/%d", orphan)); os.IsNotExist(err) {
+				return 7
+			}
+		}
+		fmt.Println("agent: orphan", orphan, "never reaped")
+		return 1
+	case "child":
+		g := self("grandchild")
+		if err := g.Start(); err != nil {
+			return 1
+		}
+		fmt.Println(g.Process.Pid)
+		return 5
+	case "grandchild":
+		return 0
+	}
+	return 1
+}
+
+func withoutRole() []string {
+	var env []string
+	for _, kv := range os.Environ() {
+		if !strings.HasPrefix(kv, reapRole+"=") {
+			env = append(env, kv)
+		}
+	}
+	return env
+}
