@@ -205,7 +205,7 @@ func (c *Client) request(ctx context.Context, timeout time.Duration, subj, node 
 	case errors.Is(err, nats.ErrNoResponders):
 		return &NoNodesError{URL: c.url(), Node: node}
 	case errors.Is(err, context.DeadlineExceeded):
-		return fmt.Errorf("no reply on %s within %s: %w", subj, time.Duration(timeout).Round(time.Millisecond), err)
+		return fmt.Errorf("no reply on %s within %s: %w", subj, timeout.Round(time.Millisecond), err)
 	case err != nil:
 		return fmt.Errorf("request %s: %w", subj, err)
 	}
