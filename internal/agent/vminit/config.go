@@ -16,9 +16,15 @@ import (
 	"github.com/nex-engine/nex/internal/agentapi"
 )
 
-// virtioConsoleID is the virtio device id of virtio-serial (the "console"
-// device that carries named ports).
-const virtioConsoleID = 3
+// Virtio device ids: virtio-serial (the "console" device that carries
+// named ports) and virtio-net.
+const (
+	virtioConsoleID = 3
+	virtioNet       = 1
+)
+
+// pollEvery is how often the waits for devices poll.
+const pollEvery = 5 * time.Millisecond
 
 // hasVirtioDevice reports whether the virtio bus under sysfs has a device
 // of the given id. It tells a VM with a config port (QEMU) from one without

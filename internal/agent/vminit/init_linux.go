@@ -36,12 +36,10 @@ const (
 // Bounds of the waits of init. Devices appear within milliseconds of their
 // module loading; the config answer may take as long as the host is busy.
 const (
-	pollEvery  = 5 * time.Millisecond
 	ethWait    = 3 * time.Second
 	portWait   = 3 * time.Second
 	configWait = 60 * time.Second
 	guestEth   = "eth0"
-	virtioNet  = 1
 	workDir    = "/tmp/work"
 )
 

@@ -5,11 +5,7 @@ package vminit
 import (
 	"fmt"
 	"os"
-	"time"
 )
-
-// pollEvery is how often a wait polls.
-const pollEvery = 5 * time.Millisecond
 
 // Wanted is false off Linux: a guest is always Linux.
 func Wanted() bool { return false }

@@ -14,6 +14,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -175,6 +176,8 @@ func boot(tb testing.TB, qemu string, img guestimage.Image, n node, id string) *
 	}
 	g := &guest{id: id, exited: make(chan error, 1), cmdline: append([]string{qemu}, args...)}
 	g.cmd = exec.Command(qemu, args...)
+	// A test killed mid-boot must not leave its VM running.
+	g.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	console, err := g.cmd.StdoutPipe()
 	if err != nil {
 		tb.Fatal(err)
