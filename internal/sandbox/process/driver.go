@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"sync"
 	"syscall"
 	"time"
@@ -110,18 +111,15 @@ func (d *Driver) Start(ctx context.Context, spec sandbox.Spec) (sandbox.Sandbox,
 		Stderr:      logf,
 		SysProcAttr: sysProcAttr(),
 	}
-	if err := cmd.Start(); err != nil {
-		return nil, fmt.Errorf("process sandbox %s: start agent: %w", spec.ID, err)
-	}
 	s := &Sandbox{
 		id:      spec.ID,
-		pid:     cmd.Process.Pid,
 		cmd:     cmd,
 		timeout: d.cfg.StopTimeout,
-		log:     d.cfg.Log.With("sandbox", spec.ID, "pid", cmd.Process.Pid),
 		done:    make(chan struct{}),
 	}
-	go s.wait()
+	if err := s.start(d.cfg.Log); err != nil {
+		return nil, fmt.Errorf("process sandbox %s: start agent: %w", spec.ID, err)
+	}
 	if err := sandbox.WritePID(spec.Dir, s.pid); err != nil {
 		_ = s.Stop(context.Background())
 		return nil, fmt.Errorf("process sandbox %s: %w", spec.ID, err)
@@ -157,6 +155,28 @@ func (s *Sandbox) Err() error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.err
+}
+
+// start starts the agent from a goroutine locked to its OS thread, and
+// waits for it there. Linux sends the parent-death signal when the thread
+// that forked the child exits, and Go ends a thread whose goroutine exits
+// while locked to it (as network-namespace code does): a thread held for the
+// agent's whole life is never one of those.
+func (s *Sandbox) start(log *slog.Logger) error {
+	started := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread()
+		defer runtime.UnlockOSThread()
+		if err := s.cmd.Start(); err != nil {
+			started <- err
+			return
+		}
+		s.pid = s.cmd.Process.Pid
+		s.log = log.With("sandbox", s.id, "pid", s.pid)
+		started <- nil
+		s.wait()
+	}()
+	return <-started
 }
 
 func (s *Sandbox) wait() {

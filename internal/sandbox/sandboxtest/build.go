@@ -2,21 +2,23 @@ package sandboxtest
 
 import (
 	"bytes"
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 )
 
 // EnvNexBinary names a prebuilt nex binary for BuildNex to use instead of
-// building one (CI builds it once for every package's tests).
+// building one.
 const EnvNexBinary = "NEX_BINARY"
 
 // BuildNex returns a static nex binary for drivers that run `nex agent`: the
-// one EnvNexBinary names, or one built from this module into a directory
-// that lives as long as t (build it once in the top-level test and pass the
-// path down to the driver).
+// one EnvNexBinary names, or one built from this module.
 func BuildNex(t testing.TB) string {
 	t.Helper()
 	if p := os.Getenv(EnvNexBinary); p != "" {
@@ -25,37 +27,72 @@ func BuildNex(t testing.TB) string {
 		}
 		return p
 	}
-	out := filepath.Join(t.TempDir(), "nex")
-	goBuild(t, out, "./cmd/nex")
-	return out
+	return build(t, "nex", "./cmd/nex")
 }
 
 // BuildWorkload builds the suite's test workload (testdata/workload), static.
 func BuildWorkload(t testing.TB) string {
 	t.Helper()
-	out := filepath.Join(t.TempDir(), "workload")
-	goBuild(t, out, "./internal/sandbox/sandboxtest/testdata/workload")
-	return out
+	return build(t, "workload", "./internal/sandbox/sandboxtest/testdata/workload")
 }
 
-// goBuild builds a package of this module, found from the working directory
-// (go test runs in the package's directory).
-func goBuild(t testing.TB, out, pkg string) {
+type built struct {
+	once sync.Once
+	path string
+	err  error
+}
+
+var (
+	buildsMu sync.Mutex
+	builds   = map[string]*built{}
+)
+
+// build builds a package of this module once per test process. The output
+// goes to a fixed place per module checkout, so the go command finds it up
+// to date in later runs and skips the link (seconds for nex), and packages
+// testing in parallel replace it atomically.
+func build(t testing.TB, name, pkg string) string {
 	t.Helper()
+	buildsMu.Lock()
+	b, ok := builds[pkg]
+	if !ok {
+		b = &built{}
+		builds[pkg] = b
+	}
+	buildsMu.Unlock()
+	b.once.Do(func() { b.path, b.err = goBuild(name, pkg) })
+	if b.err != nil {
+		t.Fatal(b.err)
+	}
+	return b.path
+}
+
+// goBuild builds pkg of the module found from the working directory (go
+// test runs in the package's directory) with CGO_ENABLED=0.
+func goBuild(name, pkg string) (string, error) {
 	gobin, err := exec.LookPath("go")
 	if err != nil {
-		t.Fatalf("building %s needs the go command: %v", pkg, err)
+		return "", fmt.Errorf("building %s needs the go command: %w", pkg, err)
 	}
-	gomod, err := exec.Command(gobin, "env", "GOMOD").Output()
-	if err != nil || strings.TrimSpace(string(gomod)) == "" || strings.TrimSpace(string(gomod)) == os.DevNull {
-		t.Fatalf("building %s: no module found from the working directory: %v", pkg, err)
+	out, err := exec.Command(gobin, "env", "GOMOD").Output()
+	gomod := strings.TrimSpace(string(out))
+	if err != nil || gomod == "" || gomod == os.DevNull {
+		return "", fmt.Errorf("building %s: no module found from the working directory (%v)", pkg, err)
 	}
-	cmd := exec.Command(gobin, "build", "-o", out, pkg)
-	cmd.Dir = filepath.Dir(strings.TrimSpace(string(gomod)))
+	root := filepath.Dir(gomod)
+	sum := sha256.Sum256([]byte(root))
+	dir := filepath.Join(os.TempDir(), fmt.Sprintf("nex-sandboxtest-%d-%s", os.Getuid(), hex.EncodeToString(sum[:6])))
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return "", err
+	}
+	bin := filepath.Join(dir, name)
+	cmd := exec.Command(gobin, "build", "-o", bin, pkg)
+	cmd.Dir = root
 	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
 	if err := cmd.Run(); err != nil {
-		t.Fatalf("go build %s: %v\n%s", pkg, err, stderr.String())
+		return "", fmt.Errorf("go build %s: %w\n%s", pkg, err, stderr.String())
 	}
+	return bin, nil
 }

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"runtime"
 	"syscall"
 	"time"
 
@@ -48,11 +49,10 @@ func (Runtime) Start(ctx context.Context, spec workload.Spec) (workload.Handle, 
 	if cmd.Env == nil {
 		cmd.Env = []string{} // nil would mean the agent's own environment
 	}
-	if err := cmd.Start(); err != nil {
+	h := &handle{cmd: cmd, done: make(chan struct{})}
+	if err := h.start(); err != nil {
 		return nil, fmt.Errorf("start %s: %w", argv0, err)
 	}
-	h := &handle{cmd: cmd, pid: cmd.Process.Pid, done: make(chan struct{})}
-	go h.wait()
 	return h, nil
 }
 
@@ -63,10 +63,25 @@ type handle struct {
 	exit workload.Exit
 }
 
-func (h *handle) wait() {
-	err := h.cmd.Wait()
-	h.exit = exitOf(h.cmd.ProcessState, err)
-	close(h.done)
+// start starts the workload from a goroutine locked to its OS thread and
+// waits for it there: the parent-death signal fires when the thread that
+// forked the child exits, so that thread must live as long as the workload.
+func (h *handle) start() error {
+	started := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread()
+		defer runtime.UnlockOSThread()
+		if err := h.cmd.Start(); err != nil {
+			started <- err
+			return
+		}
+		h.pid = h.cmd.Process.Pid
+		started <- nil
+		err := h.cmd.Wait()
+		h.exit = exitOf(h.cmd.ProcessState, err)
+		close(h.done)
+	}()
+	return <-started
 }
 
 func (h *handle) Wait(ctx context.Context) (workload.Exit, error) {
