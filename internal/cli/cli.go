@@ -40,15 +40,16 @@ type Globals struct {
 type Root struct {
 	Globals
 
-	Node    NodeCmd    `cmd:"" help:"run and inspect nex nodes"`
-	Devrun  DevrunCmd  `cmd:"" help:"upload a file and run it on a node (developer mode)"`
-	Run     RunCmd     `cmd:"" help:"run a workload from an object store location"`
-	Stop    StopCmd    `cmd:"" help:"stop a running workload"`
-	Logs    LogsCmd    `cmd:"" help:"follow workload logs"`
-	Events  EventsCmd  `cmd:"" help:"follow node and workload events"`
-	Agent   AgentCmd   `cmd:"" hidden:"" help:"run as a sandbox agent (started by the node)"`
-	Rootfs  RootfsCmd  `cmd:"" help:"build the microVM guest image"`
-	Version VersionCmd `cmd:"" help:"print the version"`
+	Node       NodeCmd       `cmd:"" help:"run and inspect nex nodes"`
+	Devrun     DevrunCmd     `cmd:"" help:"upload a file and run it on a node (developer mode)"`
+	Run        RunCmd        `cmd:"" help:"run a workload from an object store location"`
+	Stop       StopCmd       `cmd:"" help:"stop a running workload"`
+	Logs       LogsCmd       `cmd:"" help:"follow workload logs"`
+	Events     EventsCmd     `cmd:"" help:"follow node and workload events"`
+	Agent      AgentCmd      `cmd:"" hidden:"" help:"run as a sandbox agent (started by the node)"`
+	Rootfs     RootfsCmd     `cmd:"" help:"build the microVM guest image"`
+	Completion CompletionCmd `cmd:"" help:"print shell code that enables tab completion (source <(nex completion bash))"`
+	Version    VersionCmd    `cmd:"" help:"print the version"`
 
 	// VMForward is run by QEMU for each guest connection to the node's NATS.
 	VMForward VMForwardCmd `cmd:"" name:"vm-forward" hidden:"" help:"splice stdin/stdout to the node's NATS (run by QEMU per guest connection)"`
@@ -75,12 +76,15 @@ func (VersionCmd) Run(g *Globals) error {
 func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	var root Root
 	root.stdout, root.stderr = stdout, stderr
+	// kong calls Exit after --help (and on parse errors); remember it
+	// instead of exiting, so Main stays testable and never runs the command.
+	exited, exitCode := false, 0
 	parser, err := kong.New(&root,
 		kong.Name("nex"),
 		kong.Description("NATS Execution Engine: run services, functions and jobs on a fleet over NATS."),
 		kong.UsageOnError(),
 		kong.Writers(stdout, stderr),
-		kong.Exit(func(int) {}),
+		kong.Exit(func(code int) { exited, exitCode = true, code }),
 		kong.BindTo(ctx, (*context.Context)(nil)),
 		kong.ConfigureHelp(kong.HelpOptions{Compact: true}),
 	)
@@ -88,14 +92,16 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stderr, "nex:", err)
 		return 2
 	}
+	if Complete(parser) {
+		return 0
+	}
 	kctx, err := parser.Parse(args)
+	if exited {
+		return exitCode
+	}
 	if err != nil {
-		var perr *kong.ParseError
-		if errors.As(err, &perr) {
-			fmt.Fprintln(stderr, "nex:", err)
-			return 2
-		}
-		return 0 // --help and friends
+		fmt.Fprintln(stderr, "nex:", err)
+		return 2
 	}
 	root.log = newLogger(stderr, root.LogJSON, root.LogLevel)
 	kctx.Bind(&root.Globals)

@@ -155,12 +155,19 @@ func (n *Node) checkRequest(req api.DeployRequest) (*verifiedJWT, map[string]str
 	return v, env, nil
 }
 
-// fetchArtifact copies the artifact into the node's state dir, refusing it
-// when it is over the size limit or its sha256 is not the JWT's hash.
-func (n *Node) fetchArtifact(ctx context.Context, req api.DeployRequest, wantHash, dest string) (int64, error) {
+// artifactSource is where an artifact's bytes come from, as far as can be
+// told without reading them.
+type artifactSource struct {
+	size   int64  // -1 when unknown
+	digest string // hex sha256 the source claims, "" when unknown
+	open   func() (io.ReadCloser, error)
+}
+
+// locateArtifact resolves a deploy's location, refusing a missing object or
+// one over the size limit before anything is downloaded.
+func (n *Node) locateArtifact(ctx context.Context, req api.DeployRequest) (*artifactSource, error) {
 	limit := n.cfg.NodeLimits.MaxWorkloadBytes
 	loc := req.Location
-	var src io.ReadCloser
 	switch loc.Scheme {
 	case "nats":
 		js, err := jetstream.New(n.o.Control)
@@ -168,57 +175,91 @@ func (n *Node) fetchArtifact(ctx context.Context, req api.DeployRequest, wantHas
 			js, err = jetstream.NewWithDomain(n.o.Control, d)
 		}
 		if err != nil {
-			return 0, fmt.Errorf("%w: jetstream: %v", ErrArtifact, err)
+			return nil, fmt.Errorf("%w: jetstream: %v", ErrArtifact, err)
 		}
 		obs, err := js.ObjectStore(ctx, loc.Bucket())
 		if err != nil {
-			return 0, fmt.Errorf("%w: object store bucket %q: %v", ErrArtifact, loc.Bucket(), err)
+			return nil, fmt.Errorf("%w: object store bucket %q: %v", ErrArtifact, loc.Bucket(), err)
 		}
 		info, err := obs.GetInfo(ctx, loc.Key())
 		if err != nil {
-			return 0, fmt.Errorf("%w: nats://%s/%s: %v", ErrArtifact, loc.Bucket(), loc.Key(), err)
+			return nil, fmt.Errorf("%w: nats://%s/%s: %v", ErrArtifact, loc.Bucket(), loc.Key(), err)
 		}
 		if int64(info.Size) > limit {
-			return 0, fmt.Errorf("%w: it is %d bytes, over this node's limit of %d (node_limits.max_workload_bytes)", ErrLimit, info.Size, limit)
+			return nil, fmt.Errorf("%w: it is %d bytes, over this node's limit of %d (node_limits.max_workload_bytes)", ErrLimit, info.Size, limit)
 		}
-		r, err := obs.Get(ctx, loc.Key())
-		if err != nil {
-			return 0, fmt.Errorf("%w: nats://%s/%s: %v", ErrArtifact, loc.Bucket(), loc.Key(), err)
+		src := &artifactSource{size: int64(info.Size), open: func() (io.ReadCloser, error) {
+			r, err := obs.Get(ctx, loc.Key())
+			if err != nil {
+				return nil, fmt.Errorf("%w: nats://%s/%s: %v", ErrArtifact, loc.Bucket(), loc.Key(), err)
+			}
+			return r, nil
+		}}
+		if sum, err := jetstream.DecodeObjectDigest(info.Digest); err == nil {
+			src.digest = hex.EncodeToString(sum)
 		}
-		src = r
+		return src, nil
 	case "file":
 		if !n.cfg.AllowFileLocations {
-			return 0, fmt.Errorf("%w: file:// locations are not allowed on this node (allow_file_locations)", ErrArtifact)
+			return nil, fmt.Errorf("%w: file:// locations are not allowed on this node (allow_file_locations)", ErrArtifact)
 		}
-		f, err := os.Open(loc.Path)
+		st, err := os.Stat(loc.Path)
+		if err != nil {
+			return nil, fmt.Errorf("%w: %v", ErrArtifact, err)
+		}
+		if st.Size() > limit {
+			return nil, fmt.Errorf("%w: it is %d bytes, over this node's limit of %d (node_limits.max_workload_bytes)", ErrLimit, st.Size(), limit)
+		}
+		return &artifactSource{size: st.Size(), open: func() (io.ReadCloser, error) {
+			f, err := os.Open(loc.Path)
+			if err != nil {
+				return nil, fmt.Errorf("%w: %v", ErrArtifact, err)
+			}
+			return f, nil
+		}}, nil
+	}
+	return nil, fmt.Errorf("%w: unsupported location scheme %q (nats://bucket/key or file://)", ErrArtifact, loc.Scheme)
+}
+
+// fetchArtifact makes the artifact available in the node's store, refusing
+// it when it is over the size limit or its sha256 is not the JWT's hash. A
+// verified copy of the same bytes already here is used without a download.
+func (n *Node) fetchArtifact(ctx context.Context, req api.DeployRequest, wantHash string) (path string, size int64, err error) {
+	src, err := n.locateArtifact(ctx, req)
+	if err != nil {
+		return "", 0, err
+	}
+	if src.digest != "" && src.digest != wantHash {
+		return "", 0, digestError(src.digest, wantHash)
+	}
+	limit := n.cfg.NodeLimits.MaxWorkloadBytes
+	path, size, _, err = n.artifacts.acquire(wantHash, func(tmp string) (int64, error) {
+		r, err := src.open()
+		if err != nil {
+			return 0, err
+		}
+		defer r.Close()
+		f, err := os.OpenFile(tmp, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o600)
 		if err != nil {
 			return 0, fmt.Errorf("%w: %v", ErrArtifact, err)
 		}
-		src = f
-	default:
-		return 0, fmt.Errorf("%w: unsupported location scheme %q (nats://bucket/key or file://)", ErrArtifact, loc.Scheme)
-	}
-	defer src.Close()
-
-	f, err := os.OpenFile(dest, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o600)
-	if err != nil {
-		return 0, fmt.Errorf("%w: %v", ErrArtifact, err)
-	}
-	h := sha256.New()
-	size, err := io.Copy(io.MultiWriter(f, h), io.LimitReader(src, limit+1))
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err != nil {
-		return 0, fmt.Errorf("%w: download: %v", ErrArtifact, err)
-	}
-	if size > limit {
-		return 0, fmt.Errorf("%w: it is over this node's limit of %d bytes (node_limits.max_workload_bytes)", ErrLimit, limit)
-	}
-	if got := hexSum(h); got != wantHash {
-		return 0, fmt.Errorf("%w: its sha256 is %s but the workload JWT says %s", ErrArtifact, got, wantHash)
-	}
-	return size, nil
+		h := sha256.New()
+		size, err := io.Copy(io.MultiWriter(f, h), io.LimitReader(r, limit+1))
+		if cerr := f.Close(); err == nil {
+			err = cerr
+		}
+		if err != nil {
+			return 0, fmt.Errorf("%w: download: %v", ErrArtifact, err)
+		}
+		if size > limit {
+			return 0, fmt.Errorf("%w: it is over this node's limit of %d bytes (node_limits.max_workload_bytes)", ErrLimit, limit)
+		}
+		if got := hexSum(h); got != wantHash {
+			return 0, digestError(got, wantHash)
+		}
+		return size, nil
+	})
+	return path, size, err
 }
 
 func hexSum(h hash.Hash) string { return hex.EncodeToString(h.Sum(nil)) }

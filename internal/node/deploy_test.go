@@ -173,7 +173,7 @@ func TestDeployEchoLogsAndStop(t *testing.T) {
 }
 
 // assertClean checks nothing of past workloads is left: sandboxes are the
-// pool's, no workload credentials, no artifacts.
+// pool's, no workload credentials, no artifact in use or half-written.
 func (h *harness) assertClean(t *testing.T) {
 	t.Helper()
 	eventually(t, 20*time.Second, "only the warm pool to remain", func() bool {
@@ -181,7 +181,7 @@ func (h *harness) assertClean(t *testing.T) {
 		h.node.mu.Lock()
 		nw := len(h.node.workloads)
 		h.node.mu.Unlock()
-		return nw == 0 && wls == 0 && len(h.artifacts()) == 0 && len(h.sandboxDirs()) == h.cfg.PoolSize() &&
+		return nw == 0 && wls == 0 && h.node.artifacts.inUse() == 0 && len(h.partials()) == 0 && len(h.sandboxDirs()) == h.cfg.PoolSize() &&
 			h.node.pool.Status().Ready == h.cfg.PoolSize()
 	})
 	agents, _ := h.node.internal.Users()

@@ -188,11 +188,8 @@ func (h *harness) sandboxDirs() []string {
 	return out
 }
 
-func (h *harness) artifacts() []string {
-	entries, _ := os.ReadDir(h.node.artifactDir())
-	var out []string
-	for _, e := range entries {
-		out = append(out, e.Name())
-	}
+// partials lists half-written artifact downloads.
+func (h *harness) partials() []string {
+	out, _ := filepath.Glob(filepath.Join(h.node.artifactDir(), "*.part"))
 	return out
 }

@@ -58,11 +58,12 @@ type Node struct {
 	id      string
 	started time.Time
 
-	internal *natsd.Internal
-	inc      *nats.Conn // node's own connection to the internal server
-	pub      *events.Publisher
-	api      *controlapi.Server
-	pool     *pool.Pool[*sandboxHandle]
+	internal  *natsd.Internal
+	inc       *nats.Conn // node's own connection to the internal server
+	pub       *events.Publisher
+	api       *controlapi.Server
+	pool      *pool.Pool[*sandboxHandle]
+	artifacts *artifactStore
 
 	mu        sync.Mutex
 	lameDuck  bool
@@ -123,9 +124,11 @@ func (n *Node) Start() error {
 	if err := os.MkdirAll(sandboxRoot, 0o700); err != nil {
 		return fmt.Errorf("state dir: %w", err)
 	}
-	if err := os.MkdirAll(n.artifactDir(), 0o700); err != nil {
+	artifacts, err := newArtifactStore(n.artifactDir(), DefaultArtifactCacheBytes)
+	if err != nil {
 		return fmt.Errorf("state dir: %w", err)
 	}
+	n.artifacts = artifacts
 
 	in, err := natsd.StartInternal(natsd.InternalOptions{
 		StoreDir:        filepath.Join(n.cfg.DataDir, "internal", n.id[:12]),

@@ -4,8 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"os"
-	"path/filepath"
 	"strings"
 	"sync"
 	"time"
@@ -61,7 +59,6 @@ func (n *Node) Deploy(ctx context.Context, ns string, req api.DeployRequest) (ap
 	w := &workload{id: strings.ToLower(nuid.Next()), ns: ns, name: v.subject, typ: req.WorkloadType, hash: v.hash,
 		description: deref(req.Description), issuer: v.issuer, jti: v.jti, iat: v.iat,
 		essential: deref(req.Essential), argv: req.Argv, env: env}
-	w.artifactPath = filepath.Join(n.artifactDir(), w.id)
 
 	// Reserve the slot now so concurrent deploys cannot overshoot the limit.
 	n.mu.Lock()
@@ -75,19 +72,24 @@ func (n *Node) Deploy(ctx context.Context, ns string, req api.DeployRequest) (ap
 		n.mu.Lock()
 		delete(n.workloads, w.id)
 		n.mu.Unlock()
-		_ = os.Remove(w.artifactPath)
+		if w.artifactPath != "" {
+			n.artifacts.release(w.hash)
+		}
 	}
 
-	if w.size, err = n.fetchArtifact(ctx, req, v.hash, w.artifactPath); err != nil {
+	t0 := time.Now()
+	if w.artifactPath, w.size, err = n.fetchArtifact(ctx, req, v.hash); err != nil {
 		release()
 		return api.RunResponse{}, err
 	}
-	w.deployedAt = time.Now()
+	t1 := time.Now()
+	w.deployedAt = t1
 	if err := n.start(ctx, w); err != nil {
 		release()
 		return api.RunResponse{}, err
 	}
-	n.log.Info("workload deployed", keyWorkload, w.id, "name", w.name, keyNS, ns, "bytes", w.size)
+	n.log.Info("workload deployed", keyWorkload, w.id, "name", w.name, keyNS, ns, "bytes", w.size,
+		"fetch", t1.Sub(t0), "start", time.Since(t1))
 	n.pub.Emit(ns, api.EventWorkloadDeployed, api.WorkloadDeployedEvent{WorkloadName: w.name, TotalBytes: w.size, WorkloadID: w.id})
 	return api.RunResponse{Started: true, ID: w.id, Issuer: w.issuer, Name: w.name}, nil
 }
@@ -191,7 +193,7 @@ func (n *Node) forget(w *workload) {
 	n.mu.Lock()
 	delete(n.workloads, w.id)
 	n.mu.Unlock()
-	_ = os.Remove(w.artifactPath)
+	n.artifacts.release(w.hash)
 }
 
 // restart brings an essential workload back in a fresh sandbox, with

@@ -1,0 +1,56 @@
+package node
+
+import (
+	"errors"
+	"os"
+	"path/filepath"
+	"testing"
+)
+
+func TestArtifactStoreSharesCachesAndEvicts(t *testing.T) {
+	dir := t.TempDir()
+	s, err := newArtifactStore(dir, 10)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fetches := 0
+	fetch := func(size int) func(string) (int64, error) {
+		return func(tmp string) (int64, error) {
+			fetches++
+			return int64(size), os.WriteFile(tmp, make([]byte, size), 0o600)
+		}
+	}
+	p1, _, cached, err := s.acquire("a", fetch(6))
+	if err != nil || cached {
+		t.Fatal(err, cached)
+	}
+	if _, _, cached, _ := s.acquire("a", fetch(6)); !cached || fetches != 1 {
+		t.Fatalf("second acquire fetched again (%d fetches)", fetches)
+	}
+	s.release("a")
+	s.release("a")
+	// Unused but within the limit: still cached.
+	if _, err := os.Stat(p1); err != nil {
+		t.Fatal("idle artifact removed within the cache limit")
+	}
+	if _, _, cached, _ := s.acquire("a", fetch(6)); !cached {
+		t.Fatal("idle artifact not reused")
+	}
+	s.release("a")
+	// b pushes the idle total over 10 bytes: a, the least recently used, goes.
+	if _, _, _, err := s.acquire("b", fetch(6)); err != nil {
+		t.Fatal(err)
+	}
+	s.release("b")
+	if _, err := os.Stat(p1); !errors.Is(err, os.ErrNotExist) {
+		t.Fatal("least recently used artifact not evicted")
+	}
+	// A failed fetch leaves nothing.
+	if _, _, _, err := s.acquire("c", func(string) (int64, error) { return 0, errors.New("boom") }); err == nil {
+		t.Fatal("failed fetch succeeded")
+	}
+	left, _ := filepath.Glob(filepath.Join(dir, "c*"))
+	if len(left) != 0 || s.inUse() != 0 {
+		t.Fatalf("left %v, in use %d", left, s.inUse())
+	}
+}
