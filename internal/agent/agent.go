@@ -59,6 +59,9 @@ const (
 	flushTimeout  = 5 * time.Second
 )
 
+// errStopping refuses work once an undeploy (or the end of Run) has begun.
+var errStopping = errors.New("sandbox is stopping")
+
 // Log keys.
 const (
 	keyWorkload = "workload"
@@ -108,6 +111,14 @@ func Run(ctx context.Context, o Options) error {
 		return err
 	}
 	if err := a.handshake(ctx); err != nil {
+		select {
+		case <-a.closed:
+			return fmt.Errorf("agent: connection to node closed: %w", connErr(nc))
+		case <-a.finished: // undeployed before the handshake was answered
+			a.drain()
+			return nil
+		default:
+		}
 		if ctx.Err() != nil {
 			return nil
 		}
@@ -200,6 +211,18 @@ func (a *agent) handshake(ctx context.Context) error {
 		return fmt.Errorf("agent: handshake: %w", err)
 	}
 	subject := agentapi.HandshakeSubject(a.id)
+	// Stop asking once the connection is gone for good, or an undeploy
+	// came first.
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	go func() {
+		select {
+		case <-a.closed:
+		case <-a.finished:
+		case <-ctx.Done():
+		}
+		cancel()
+	}()
 	for wait := retryMin; ; wait = min(2*wait, retryMax) {
 		rctx, cancel := context.WithTimeout(ctx, handshakeTimeout)
 		msg, err := a.nc.RequestWithContext(rctx, subject, body)
@@ -366,5 +389,3 @@ func sleep(ctx context.Context, d time.Duration) error {
 		return ctx.Err()
 	}
 }
-
-var errStopping = errors.New("sandbox is stopping")

@@ -275,6 +275,42 @@ func poll(ctx context.Context, cond func() bool) error {
 	return nil
 }
 
+func TestUnansweredAgentEnds(t *testing.T) {
+	cases := []struct {
+		name    string
+		end     func(h *sandboxtest.Harness, a *sandboxtest.Agent) error
+		wantErr bool
+	}{
+		{"undeployed", func(_ *sandboxtest.Harness, a *sandboxtest.Agent) error {
+			r, err := a.Undeploy(context.Background(), "never mind")
+			if err == nil && !r.OK {
+				err = errors.New(r.Error)
+			}
+			return err
+		}, false},
+		{"revoked", func(h *sandboxtest.Harness, a *sandboxtest.Agent) error {
+			h.Server.RemoveAgent(a.ID)
+			return nil
+		}, true},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			h := sandboxtest.NewHarness(t)
+			a := h.AddMuteAgent("mute-" + c.name)
+			done := runAgent(t, testCtx(t), a, agent.Options{})
+			if _, err := a.WaitHandshake(testCtx(t)); err != nil {
+				t.Fatal(err)
+			}
+			if err := c.end(h, a); err != nil {
+				t.Fatal(err)
+			}
+			if err := waitRun(t, done); (err != nil) != c.wantErr {
+				t.Fatalf("Run = %v; want error: %v", err, c.wantErr)
+			}
+		})
+	}
+}
+
 func TestBadOptions(t *testing.T) {
 	if err := agent.Run(context.Background(), agent.Options{}); err == nil {
 		t.Fatal("Run without metadata succeeded")

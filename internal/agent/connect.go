@@ -33,7 +33,7 @@ func (a *agent) connect(ctx context.Context) (*nats.Conn, error) {
 		nats.ReconnectBufSize(4 << 20),
 		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
 			if err != nil {
-				a.log.Warn("disconnected from node", "error", err)
+				a.log.Warn("disconnected from node", keyError, err)
 			}
 		}),
 		nats.ReconnectHandler(func(*nats.Conn) { a.log.Info("reconnected to node") }),
@@ -51,7 +51,7 @@ func (a *agent) connect(ctx context.Context) (*nats.Conn, error) {
 			if s != nil {
 				subject = s.Subject
 			}
-			a.log.Warn("nats error", "subject", subject, "error", err)
+			a.log.Warn("nats error", "subject", subject, keyError, err)
 		}),
 	}
 	for wait := retryMin; ; wait = min(2*wait, retryMax) {
@@ -60,7 +60,7 @@ func (a *agent) connect(ctx context.Context) (*nats.Conn, error) {
 			a.log.Debug("connected to node", "url", nc.ConnectedUrlRedacted())
 			return nc, nil
 		}
-		a.log.Debug("connect to node", "url", a.o.Meta.NATSURL, "error", err)
+		a.log.Debug("connect to node", "url", a.o.Meta.NATSURL, keyError, err)
 		if err := sleep(ctx, wait); err != nil {
 			return nil, fmt.Errorf("agent: connect %s: %w", a.o.Meta.NATSURL, err)
 		}
