@@ -113,14 +113,17 @@ func Run(ctx context.Context, o Options) error {
 	if err := a.handshake(ctx); err != nil {
 		select {
 		case <-a.closed:
-			return fmt.Errorf("agent: connection to node closed: %w", connErr(nc))
+			err = fmt.Errorf("agent: connection to node closed: %w", connErr(nc))
 		case <-a.finished: // undeployed before the handshake was answered
-			a.drain()
-			return nil
+			err = nil
 		default:
+			if ctx.Err() != nil {
+				err = nil
+			}
 		}
-		if ctx.Err() != nil {
-			return nil
+		a.stop() // nothing should run yet; make sure nothing does
+		if err == nil {
+			a.drain()
 		}
 		return err
 	}
