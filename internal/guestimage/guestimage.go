@@ -31,8 +31,8 @@ const builderVersion = "nex-guestimage/1"
 const (
 	KernelFile = "vmlinux"
 	InitrdFile = "initrd.cpio"
-	// ModulesDir holds the modules in the initramfs; ModuleOrder lists their
-	// file names, one a line, in load order.
+	// ModulesDir holds the modules in the initramfs; ModuleOrder lists them
+	// in load order, one a line (see Module.OrderLine).
 	ModulesDir  = "modules"
 	ModuleOrder = "modules/order"
 )
@@ -226,7 +226,7 @@ func writeInitramfs(w *bytes.Buffer, agent []byte, mods []Module, modData [][]by
 	}
 	for i, m := range mods {
 		recs = append(recs, cpio.File(ModulesDir+"/"+m.File(), 0o644, modData[i]))
-		order.WriteString(m.File() + "\n")
+		order.WriteString(m.OrderLine() + "\n")
 	}
 	recs = append(recs, cpio.File(ModuleOrder, 0o644, []byte(order.String())))
 	sort.Slice(recs, func(i, j int) bool { return recs[i].Name < recs[j].Name })

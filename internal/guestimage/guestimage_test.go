@@ -90,7 +90,17 @@ func TestBuildFromSuppliedKernel(t *testing.T) {
 			t.Fatalf("/%s missing or not a directory", d)
 		}
 	}
-	order := strings.Fields(string(ar[ModuleOrder].Data))
+	lines, err := ParseModuleOrder(ar[ModuleOrder].Data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var order []string
+	for _, l := range lines {
+		order = append(order, l.File)
+	}
+	if lines[0].Device != 0 || lines[len(lines)-1] != (ModuleLine{File: "virtio_console.ko", Device: VirtioConsole}) {
+		t.Fatalf("module order lines %+v", lines)
+	}
 	if !reflect.DeepEqual(order, img.Modules) || len(order) != 7 {
 		t.Fatalf("modules/order %v, image says %v", order, img.Modules)
 	}
@@ -175,5 +185,13 @@ func TestStripForGuest(t *testing.T) {
 	out, err := exec.Command(exe).CombinedOutput()
 	if err != nil || string(out) != "hello from stripped\n" {
 		t.Fatalf("stripped binary ran: %q, %v", out, err)
+	}
+}
+
+func TestParseModuleOrderRejects(t *testing.T) {
+	for _, bad := range []string{"a.ko virtio=x\n", "a.ko net=1\n", "../a.ko\n", "a.ko virtio=0\n"} {
+		if _, err := ParseModuleOrder([]byte(bad)); err == nil {
+			t.Errorf("%q was accepted", bad)
+		}
 	}
 }

@@ -11,6 +11,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 
 	"github.com/klauspost/compress/zstd"
@@ -18,26 +19,50 @@ import (
 )
 
 // A moduleWant is a module the guest needs; optional ones are taken when the
-// kernel has them.
+// kernel has them. A driver of one virtio device (Device, its virtio id) and
+// what only it needs are loaded by init only when the VM has that device, so
+// a QEMU guest does not pay for vsock nor a Firecracker guest for
+// virtio-serial.
 type moduleWant struct {
 	name     string
 	optional bool
+	device   int
 }
+
+// Virtio device ids (virtio spec, "Device Types").
+const (
+	VirtioNet     = 1
+	VirtioConsole = 3
+	VirtioVsock   = 19
+)
 
 // guestModules are what the agent needs from the kernel: the virtio-mmio
 // transport (microvm and Firecracker devices), the network and the
-// virtio-serial config channel, and vsock for Firecracker.
+// virtio-serial config channel, and vsock for Firecracker. The transport
+// comes first: init can only see which devices exist once it is loaded.
 var guestModules = []moduleWant{
 	{name: "virtio_mmio"},
-	{name: "virtio_net"},
-	{name: "virtio_console"},
-	{name: "vmw_vsock_virtio_transport", optional: true},
+	{name: "virtio_net", device: VirtioNet},
+	{name: "virtio_console", device: VirtioConsole},
+	{name: "vmw_vsock_virtio_transport", optional: true, device: VirtioVsock},
 }
 
 // Module is one loadable kernel module of the guest.
 type Module struct {
 	Name string // normalised: dashes become underscores
 	Path string // file on the host (.ko, .ko.xz, .ko.zst, .ko.gz)
+	// Device, when not 0, is the virtio device id without which the guest
+	// need not load the module.
+	Device int
+}
+
+// OrderLine is the module's line in ModuleOrder: its file name, then
+// "virtio=<id>" when it is needed only with that device.
+func (m Module) OrderLine() string {
+	if m.Device == 0 {
+		return m.File()
+	}
+	return fmt.Sprintf("%s virtio=%d", m.File(), m.Device)
 }
 
 // File is the module's file name inside the initramfs.
@@ -135,33 +160,51 @@ func (ix *moduleIndex) depsOf(name string) ([]string, error) {
 }
 
 // resolve returns the wanted modules and everything they depend on, each
-// after its dependencies. Modules built into the kernel are left out.
+// after its dependencies, and marks those needed only for one virtio
+// device. Modules built into the kernel are left out.
 func (ix *moduleIndex) resolve(want []moduleWant) ([]Module, error) {
 	var out []Module
-	state := map[string]int{} // 1 visiting, 2 done
-	var visit func(name string, chain []string) error
-	visit = func(name string, chain []string) error {
-		switch {
-		case ix.builtin[name] || state[name] == 2:
+	state := map[string]int{}            // 1 visiting, 2 done
+	deps := map[string][]string{}        // of done modules
+	devices := map[string]map[int]bool{} // module → devices of the wants that need it
+	var visit func(name string, device int, chain []string) error
+	visit = func(name string, device int, chain []string) error {
+		if ix.builtin[name] {
 			return nil
-		case state[name] == 1:
+		}
+		if state[name] == 1 {
 			return fmt.Errorf("module dependency cycle: %s", strings.Join(append(chain, name), " → "))
+		}
+		if state[name] == 2 && devices[name][device] {
+			return nil
+		}
+		if devices[name] == nil {
+			devices[name] = map[int]bool{}
+		}
+		devices[name][device] = true
+		if state[name] == 2 { // already placed; its dependencies learn the device too
+			for _, d := range deps[name] {
+				if err := visit(d, device, append(chain, name)); err != nil {
+					return err
+				}
+			}
+			return nil
 		}
 		if _, ok := ix.path[name]; !ok {
 			return fmt.Errorf("module %s is needed by %s but is neither in %s nor built in",
 				name, strings.Join(chain, " → "), ix.dir)
 		}
 		state[name] = 1
-		deps, err := ix.depsOf(name)
+		ds, err := ix.depsOf(name)
 		if err != nil {
 			return fmt.Errorf("module %s: %w", name, err)
 		}
-		for _, d := range deps {
-			if err := visit(d, append(chain, name)); err != nil {
+		for _, d := range ds {
+			if err := visit(d, device, append(chain, name)); err != nil {
 				return err
 			}
 		}
-		state[name] = 2
+		state[name], deps[name] = 2, ds
 		out = append(out, Module{Name: name, Path: filepath.Join(ix.dir, ix.path[name])})
 		return nil
 	}
@@ -173,8 +216,17 @@ func (ix *moduleIndex) resolve(want []moduleWant) ([]Module, error) {
 		if !present && !ix.builtin[w.name] {
 			return nil, fmt.Errorf("kernel modules in %s have no %s (neither a module nor built in); supply a kernel that has it", ix.dir, w.name)
 		}
-		if err := visit(w.name, []string{"guest"}); err != nil {
+		if err := visit(w.name, w.device, []string{"guest"}); err != nil {
 			return nil, err
+		}
+	}
+	// A module needed regardless of devices, or by drivers of two different
+	// devices, is always loaded.
+	for i, m := range out {
+		if ds := devices[m.Name]; len(ds) == 1 && !ds[0] {
+			for d := range ds {
+				out[i].Device = d
+			}
 		}
 	}
 	return out, nil
@@ -239,4 +291,35 @@ func modinfoDepends(ko []byte) ([]string, error) {
 		}
 	}
 	return nil, nil
+}
+
+// ModuleLine is one line of ModuleOrder, as init reads it.
+type ModuleLine struct {
+	File   string // inside ModulesDir
+	Device int    // virtio device id the module is for; 0: always load
+}
+
+// ParseModuleOrder reads ModuleOrder.
+func ParseModuleOrder(b []byte) ([]ModuleLine, error) {
+	var out []ModuleLine
+	for i, l := range strings.Split(string(b), "\n") {
+		f := strings.Fields(l)
+		if len(f) == 0 {
+			continue
+		}
+		ml := ModuleLine{File: f[0]}
+		for _, opt := range f[1:] {
+			v, ok := strings.CutPrefix(opt, "virtio=")
+			id, err := strconv.Atoi(v)
+			if !ok || err != nil || id <= 0 {
+				return nil, fmt.Errorf("module order line %d: bad option %q", i+1, opt)
+			}
+			ml.Device = id
+		}
+		if strings.ContainsRune(ml.File, '/') {
+			return nil, fmt.Errorf("module order line %d: %q is not a file name", i+1, ml.File)
+		}
+		out = append(out, ml)
+	}
+	return out, nil
 }

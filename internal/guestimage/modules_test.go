@@ -110,21 +110,46 @@ func names(ms []Module) []string {
 	return out
 }
 
+func orderLines(ms []Module) []string {
+	var out []string
+	for _, m := range ms {
+		out = append(out, m.OrderLine())
+	}
+	return out
+}
+
 func TestResolveModulesFromModinfo(t *testing.T) {
 	ix, err := loadModuleIndex(fakeModuleTree(t, false))
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := []moduleWant{{name: "virtio_mmio"}, {name: "virtio_net"}, {name: "virtio_console"},
-		{name: "vmw_vsock_virtio_transport_common", optional: true}, {name: "absent_optional", optional: true}}
+	want := []moduleWant{{name: "virtio_mmio"}, {name: "virtio_net", device: VirtioNet}, {name: "virtio_console", device: VirtioConsole},
+		{name: "vmw_vsock_virtio_transport_common", optional: true, device: VirtioVsock}, {name: "absent_optional", optional: true}}
 	got, err := ix.resolve(want)
 	if err != nil {
 		t.Fatal(err)
 	}
-	exp := []string{"virtio.ko", "virtio_ring.ko", "virtio_mmio.ko", "failover.ko", "net_failover.ko", "virtio_net.ko",
-		"virtio_console.ko", "vsock.ko", "vmw_vsock_virtio_transport_common.ko.xz"}
-	if !reflect.DeepEqual(names(got), exp) {
-		t.Fatalf("order = %v\nwant   %v", names(got), exp)
+	exp := []string{"virtio.ko", "virtio_ring.ko", "virtio_mmio.ko", "failover.ko virtio=1", "net_failover.ko virtio=1", "virtio_net.ko virtio=1",
+		"virtio_console.ko virtio=3", "vsock.ko virtio=19", "vmw_vsock_virtio_transport_common.ko.xz virtio=19"}
+	if !reflect.DeepEqual(orderLines(got), exp) {
+		t.Fatalf("order = %q\nwant   %q", orderLines(got), exp)
+	}
+}
+
+// A dependency shared by the drivers of two different devices is needed
+// whichever the VM has, so it is always loaded.
+func TestResolveModulesSharedByDevices(t *testing.T) {
+	ix, err := loadModuleIndex(fakeModuleTree(t, false))
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := ix.resolve([]moduleWant{{name: "virtio_net", device: VirtioNet}, {name: "virtio_console", device: VirtioConsole}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	exp := []string{"failover.ko virtio=1", "net_failover.ko virtio=1", "virtio_ring.ko", "virtio.ko", "virtio_net.ko virtio=1", "virtio_console.ko virtio=3"}
+	if !reflect.DeepEqual(orderLines(got), exp) {
+		t.Fatalf("order = %q\nwant   %q", orderLines(got), exp)
 	}
 }
 

@@ -162,7 +162,10 @@ func boot(tb testing.TB, qemu string, img guestimage.Image, n node, id string) *
 	go func() { cfgErr <- answerConfig(ln, meta) }()
 
 	args := []string{
-		"-M", "microvm", "-accel", "tcg", "-m", "128", "-smp", "1",
+		// RDRAND lets the guest kernel's CRNG be ready at once: without it
+		// the first getrandom (crypto/rand, in nats.go's package init) waits
+		// ≈ 1 s under TCG for the kernel to gather jitter entropy.
+		"-M", "microvm", "-accel", "tcg", "-cpu", "qemu64,+rdrand", "-m", "128", "-smp", "1",
 		"-nographic", "-nodefaults", "-no-user-config", "-serial", "stdio", "-no-reboot",
 		"-kernel", img.Kernel, "-initrd", img.Initrd,
 		"-append", fmt.Sprintf("console=ttyS0 quiet panic=-1 reboot=t tsc_early_khz=%d cryptomgr.notests "+

@@ -21,6 +21,7 @@ import (
 
 	"github.com/nex-engine/nex/internal/agent"
 	"github.com/nex-engine/nex/internal/agentapi"
+	"github.com/nex-engine/nex/internal/guestimage"
 )
 
 // The agent child is this same binary re-run with roleEnv set; its metadata
@@ -123,8 +124,10 @@ func (m mountPoint) mount(context.Context) error {
 	return err
 }
 
-// loadModules loads what the image builder listed, in its order. A module
-// the kernel already has (built in, or loaded) reports EEXIST, which is fine.
+// loadModules loads what the image builder listed, in its order, skipping
+// drivers of virtio devices this VM does not have (their lines come after
+// the transport's, so the devices are known by then). A module the kernel
+// already has (built in, or loaded) reports EEXIST, which is fine.
 func (v *vm) loadModules(context.Context) error {
 	// The image always has the order file (empty when the kernel has
 	// everything built in), so its absence means the kernel could not unpack
@@ -133,14 +136,23 @@ func (v *vm) loadModules(context.Context) error {
 	if err != nil {
 		return fmt.Errorf("%w (initramfs incomplete: too little guest RAM to unpack it?)", err)
 	}
-	var loaded []string
-	for _, name := range strings.Fields(string(b)) {
-		if err := loadModule(filepath.Join(v.p.modules, name)); err != nil {
-			return fmt.Errorf("%s: %w", name, err)
-		}
-		loaded = append(loaded, strings.TrimSuffix(name, filepath.Ext(name)))
+	lines, err := guestimage.ParseModuleOrder(b)
+	if err != nil {
+		return err
 	}
-	v.log.Debug("modules loaded", "modules", loaded)
+	var loaded, skipped []string
+	for _, l := range lines {
+		name := strings.TrimSuffix(l.File, filepath.Ext(l.File))
+		if l.Device != 0 && !hasVirtioDevice(v.p.sysfs, l.Device) {
+			skipped = append(skipped, name)
+			continue
+		}
+		if err := loadModule(filepath.Join(v.p.modules, l.File)); err != nil {
+			return fmt.Errorf("%s: %w", l.File, err)
+		}
+		loaded = append(loaded, name)
+	}
+	v.log.Debug("modules", "loaded", loaded, "skipped", skipped)
 	return nil
 }
 
