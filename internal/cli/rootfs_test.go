@@ -1,0 +1,61 @@
+package cli
+
+import (
+	"bytes"
+	"context"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+// TestRootfsBuild drives `nex rootfs build` with a supplied kernel. A static
+// Go program stands in for both the kernel (an ELF vmlinux goes in as it is)
+// and the agent; no modules directory means a kernel with its drivers built
+// in.
+func TestRootfsBuild(t *testing.T) {
+	dir := t.TempDir()
+	src := filepath.Join(dir, "main.go")
+	bin := filepath.Join(dir, "static")
+	os.WriteFile(src, []byte("package main\nfunc main() {}\n"), 0o644)
+	build := exec.Command("go", "build", "-o", bin, src)
+	build.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("go build: %v\n%s", err, out)
+	}
+	data := filepath.Join(dir, "data")
+	args := []string{"rootfs", "build", "--kernel", bin, "--agent", bin, "--data-dir", data}
+	var out, errb bytes.Buffer
+	if code := Main(context.Background(), args, &out, &errb); code != 0 {
+		t.Fatalf("exit %d\nstdout %s\nstderr %s", code, out.String(), errb.String())
+	}
+	fields := map[string]string{}
+	for _, l := range strings.Split(strings.TrimSpace(out.String()), "\n") {
+		k, v, _ := strings.Cut(l, ":")
+		fields[k] = strings.TrimSpace(v)
+	}
+	images := filepath.Join(data, "images") + string(filepath.Separator)
+	for _, k := range []string{"kernel", "initrd"} {
+		if !strings.HasPrefix(fields[k], images) {
+			t.Fatalf("%s = %q, want a file under %s", k, fields[k], images)
+		}
+		if _, err := os.Stat(fields[k]); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if len(fields["hash"]) != 64 || !strings.Contains(fields["kernel"], fields["hash"]) {
+		t.Fatalf("hash %q does not name the image directory (%s)", fields["hash"], fields["kernel"])
+	}
+	if !strings.Contains(errb.String(), "initramfs") {
+		t.Fatalf("no progress on stderr: %s", errb.String())
+	}
+
+	// A missing kernel is refused with its name.
+	out.Reset()
+	errb.Reset()
+	args[3] = filepath.Join(dir, "nope")
+	if code := Main(context.Background(), args, &out, &errb); code == 0 || !strings.Contains(errb.String(), "nope") {
+		t.Fatalf("missing kernel: exit %d, stderr %s", code, errb.String())
+	}
+}
