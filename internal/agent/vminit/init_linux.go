@@ -34,12 +34,11 @@ const (
 	debugEnv  = "nex_debug"
 )
 
-// Bounds of the waits of init. Devices appear within milliseconds of their
-// module loading; the config answer may take as long as the host is busy.
+// Bounds of the waits of init: devices appear within milliseconds of their
+// module loading.
 const (
 	ethWait    = 3 * time.Second
 	portWait   = 3 * time.Second
-	configWait = 60 * time.Second
 	guestEth   = "eth0"
 	workDir    = "/tmp/work"
 )
@@ -260,17 +259,13 @@ func (v *vm) configFromPort(ctx context.Context) (agentapi.VMConfig, error) {
 		return agentapi.VMConfig{}, err
 	}
 	defer f.Close()
-	// A read on the port blocks until the host answers; closing the file
-	// when the wait is over unblocks it.
-	ctx, cancel = context.WithTimeout(ctx, configWait)
-	defer cancel()
+	// The wait for the answer has no bound of its own: a pool may snapshot
+	// the VM right here, having seen the ready line, and restore clones that
+	// each get their config (the host sends it as soon as it connects to a
+	// restored VM) minutes later. The host kills a VM it gave up on.
 	stop := context.AfterFunc(ctx, func() { f.Close() })
 	defer stop()
-	cfg, err := exchangeConfig(readWriter{eofRetry{ctx, f}, f})
-	if err != nil && ctx.Err() != nil {
-		return cfg, fmt.Errorf("no config from the host on %s within %s", dev, configWait)
-	}
-	return cfg, err
+	return exchangeConfig(readWriter{eofRetry{ctx, f}, f})
 }
 
 func (v *vm) setClock(context.Context) error {
@@ -358,6 +353,15 @@ func initMain(log *slog.Logger) {
 		log.Error("start agent; powering off", keyError, err)
 		powerOff(log)
 	}
+	// A SIGTERM to init (nothing sends one today; a shutdown inside the
+	// guest would) stops the agent gracefully; init powers off once it has.
+	term := make(chan os.Signal, 1)
+	signal.Notify(term, syscall.SIGTERM, syscall.SIGINT)
+	go func() {
+		for range term {
+			_ = syscall.Kill(pid, syscall.SIGTERM)
+		}
+	}()
 	ws := reapUntil(pid, sigs, log)
 	log.Info("agent exited; powering off", "status", exitStatus(ws))
 	cancel()
