@@ -37,10 +37,10 @@ const (
 // Bounds of the waits of init: devices appear within milliseconds of their
 // module loading.
 const (
-	ethWait    = 3 * time.Second
-	portWait   = 3 * time.Second
-	guestEth   = "eth0"
-	workDir    = "/tmp/work"
+	ethWait  = 3 * time.Second
+	portWait = 3 * time.Second
+	guestEth = "eth0"
+	workDir  = "/tmp/work"
 )
 
 // paths of the guest; a struct so the same code could run against another
