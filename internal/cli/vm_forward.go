@@ -8,9 +8,10 @@ import (
 
 // VMForwardCmd is the host end of one guest connection to the node's NATS:
 // QEMU runs it with the connection as stdin and stdout (see
-// internal/sandbox/qemu/forward.go).
+// internal/sandbox/qemu/forward.go). A unix:/path target is a unix socket,
+// such as the "<uds>_<port>" socket of a Firecracker vsock's host side.
 type VMForwardCmd struct {
-	Addr string `arg:"" help:"host:port of the node's internal NATS"`
+	Addr string `arg:"" help:"host:port of the node's internal NATS, or unix:/path of a unix socket"`
 }
 
 // Run never reports an error: stderr is the guest's connection too, so a

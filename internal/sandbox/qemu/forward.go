@@ -6,6 +6,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"slices"
 	"strings"
 	"sync"
 )
@@ -34,12 +35,21 @@ func defaultForwarder() ([]string, error) {
 	return []string{exe, ForwardSubcommand}, nil
 }
 
-// Forward splices one guest connection to addr: conn is what QEMU handed the
-// command as stdin and stdout (a unix socket). Nothing may be written to
-// stderr, which QEMU points at the same socket.
+// UnixPrefix marks a forward target that is a unix socket ("unix:/path")
+// rather than a TCP host:port: the Firecracker test server carries a
+// guest's vsock connections to the "<uds>_<port>" socket its host listens on.
+const UnixPrefix = "unix:"
+
+// Forward splices one guest connection to addr (host:port, or unix:/path):
+// conn is what QEMU handed the command as stdin and stdout (a unix socket).
+// Nothing may be written to stderr, which QEMU points at the same socket.
 func Forward(ctx context.Context, addr string, conn net.Conn) error {
+	network, address := "tcp", addr
+	if p, ok := strings.CutPrefix(addr, UnixPrefix); ok {
+		network, address = "unix", p
+	}
 	var d net.Dialer
-	up, err := d.DialContext(ctx, "tcp", addr)
+	up, err := d.DialContext(ctx, network, address)
 	if err != nil {
 		return fmt.Errorf("vm forward to %s: %w", addr, err)
 	}
@@ -82,4 +92,16 @@ func forwardSpec(argv []string, host string, port int) string {
 		words = append(words, shellQuote(a))
 	}
 	return "cmd:" + strings.Join(words, " ")
+}
+
+// GuestForward is the guestfwd option of a user-mode netdev that carries
+// each guest connection to guestAddr (ip:port inside the guest) to target
+// (host:port or unix:/path) through the forward command argv, escaped for
+// QEMU's option parser.
+func GuestForward(guestAddr string, argv []string, target string) string {
+	words := make([]string, 0, len(argv)+1)
+	for _, a := range append(slices.Clone(argv), target) {
+		words = append(words, shellQuote(a))
+	}
+	return "guestfwd=tcp:" + guestAddr + "-" + qemuOptValue("cmd:"+strings.Join(words, " "))
 }

@@ -6,6 +6,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"path/filepath"
 	"syscall"
 	"testing"
 	"time"
@@ -72,5 +73,63 @@ func TestForwardRefused(t *testing.T) {
 	defer a.Close()
 	if err := Forward(context.Background(), addr, b); err == nil {
 		t.Fatal("Forward to a closed port succeeded")
+	}
+}
+
+// TestForwardUnix splices to a unix socket named unix:/path, the target the
+// Firecracker test server gives for a guest's vsock connections.
+func TestForwardUnix(t *testing.T) {
+	sock := filepath.Join(t.TempDir(), "v.sock_4222")
+	ln, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		b, _ := io.ReadAll(c)
+		c.Write(append([]byte("unix got "), b...))
+	}()
+	fds, err := syscall.Socketpair(syscall.AF_UNIX, syscall.SOCK_STREAM, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	guest, err := net.FileConn(os.NewFile(uintptr(fds[0]), "guest"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	stdio, err := net.FileConn(os.NewFile(uintptr(fds[1]), "stdio"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	done := make(chan error, 1)
+	go func() { done <- Forward(ctx, UnixPrefix+sock, stdio) }()
+	if _, err := guest.Write([]byte("hello")); err != nil {
+		t.Fatal(err)
+	}
+	guest.(*net.UnixConn).CloseWrite()
+	reply, err := io.ReadAll(guest)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if string(reply) != "unix got hello" {
+		t.Fatalf("reply %q, want %q", reply, "unix got hello")
+	}
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestGuestForward(t *testing.T) {
+	got := GuestForward("10.0.2.100:4222", []string{"/opt/a,b/nex", "vm-forward"}, "unix:/run/x/v.sock_4222")
+	want := "guestfwd=tcp:10.0.2.100:4222-cmd:'/opt/a,,b/nex' 'vm-forward' 'unix:/run/x/v.sock_4222'"
+	if got != want {
+		t.Fatalf("GuestForward =\n %s\nwant\n %s", got, want)
 	}
 }

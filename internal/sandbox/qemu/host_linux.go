@@ -16,6 +16,10 @@ var hostTSCkHz = sync.OnceValue(func() int {
 	return tscKHzFrom(f)
 })
 
+// HostTSCkHz is the host's TSC frequency in kHz (0 when unknown), what a
+// microvm guest under TCG must be told with tsc_early_khz.
+func HostTSCkHz() int { return hostTSCkHz() }
+
 // procAttr puts QEMU in its own process group (so Stop and Reap can kill the
 // group) and has the kernel kill it if the node dies without stopping it.
 func procAttr() *syscall.SysProcAttr {
