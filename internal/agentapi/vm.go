@@ -1,6 +1,11 @@
 package agentapi
 
-import "time"
+import (
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+)
 
 // The config channel of a VM sandbox. A VM's agent learns who it is from the
 // host at run time rather than from its kernel command line, so one booted
@@ -40,4 +45,49 @@ type VMConfig struct {
 	Metadata Metadata  `json:"metadata"` // NATSURL as the guest reaches it
 	Now      time.Time `json:"now"`
 	Entropy  []byte    `json:"entropy"` // 64 random bytes
+}
+
+// Firecracker's vsock. The guest is GuestCID; the host is always CID 2. A
+// guest connection to host port P comes out on the host as a connection to
+// the unix socket "<uds_path>_P", which the driver listens on and forwards
+// to the node's internal NATS. In VM metadata the node's NATS is then named
+// by a vsock URL: vsock://2:4222.
+const (
+	VsockScheme = "vsock"
+	HostCID     = 2
+	GuestCID    = 3
+)
+
+// VsockAddr is a vsock address: context id and port.
+type VsockAddr struct {
+	CID  uint32
+	Port uint32
+}
+
+// URL renders a as vsock://<cid>:<port>.
+func (a VsockAddr) URL() string { return fmt.Sprintf("%s://%d:%d", VsockScheme, a.CID, a.Port) }
+
+func (a VsockAddr) String() string { return fmt.Sprintf("vsock %d:%d", a.CID, a.Port) }
+
+// ParseVsockURL reads a URL made by VsockAddr.URL. ok is false (and err nil)
+// when raw is not a vsock URL at all; err tells what is wrong with one that
+// is.
+func ParseVsockURL(raw string) (a VsockAddr, ok bool, err error) {
+	rest, ok := strings.CutPrefix(raw, VsockScheme+"://")
+	if !ok {
+		return a, false, nil
+	}
+	cid, port, found := strings.Cut(rest, ":")
+	if !found {
+		return a, true, fmt.Errorf("vsock url %q: want vsock://<cid>:<port>", raw)
+	}
+	c, err := strconv.ParseUint(cid, 10, 32)
+	if err != nil {
+		return a, true, fmt.Errorf("vsock url %q: context id: %w", raw, err)
+	}
+	p, err := strconv.ParseUint(port, 10, 32)
+	if err != nil || p == 0 {
+		return a, true, fmt.Errorf("vsock url %q: bad port", raw)
+	}
+	return VsockAddr{CID: uint32(c), Port: uint32(p)}, true, nil
 }

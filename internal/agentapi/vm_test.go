@@ -1,0 +1,45 @@
+package agentapi
+
+import (
+	"strings"
+	"testing"
+)
+
+func TestVsockURL(t *testing.T) {
+	a := VsockAddr{CID: HostCID, Port: NATSVsockPort}
+	if got := a.URL(); got != "vsock://2:4222" {
+		t.Fatalf("URL = %q", got)
+	}
+	back, ok, err := ParseVsockURL(a.URL())
+	if err != nil || !ok || back != a {
+		t.Fatalf("ParseVsockURL(%q) = %+v, %v, %v", a.URL(), back, ok, err)
+	}
+}
+
+func TestParseVsockURL(t *testing.T) {
+	cases := []struct {
+		raw     string
+		ok      bool
+		wantErr string
+	}{
+		{"nats://10.0.2.100:4222", false, ""},
+		{"127.0.0.1:4222", false, ""},
+		{"vsock://2", true, "want vsock://<cid>:<port>"},
+		{"vsock://x:4222", true, "context id"},
+		{"vsock://2:0", true, "bad port"},
+		{"vsock://2:70000000000", true, "bad port"},
+		{"vsock://-1:4222", true, "context id"},
+	}
+	for _, c := range cases {
+		_, ok, err := ParseVsockURL(c.raw)
+		if ok != c.ok {
+			t.Errorf("%q: ok = %v, want %v", c.raw, ok, c.ok)
+		}
+		switch {
+		case c.wantErr == "" && err != nil:
+			t.Errorf("%q: %v", c.raw, err)
+		case c.wantErr != "" && (err == nil || !strings.Contains(err.Error(), c.wantErr)):
+			t.Errorf("%q: err = %v, want one mentioning %q", c.raw, err, c.wantErr)
+		}
+	}
+}
