@@ -124,7 +124,7 @@ type guest struct {
 }
 
 // boot starts QEMU with the image and waits for the agent's handshake.
-func boot(tb testing.TB, qemu string, img guestimage.Image, n node, id string) *guest {
+func boot(tb testing.TB, qemu string, img guestimage.Image, n node, id string, viaCmdline bool) *guest {
 	tb.Helper()
 	seed, err := n.in.AddAgent(id)
 	if err != nil {
@@ -150,17 +150,9 @@ func boot(tb testing.TB, qemu string, img guestimage.Image, n node, id string) *
 	}
 	tb.Cleanup(func() { sub.Unsubscribe() })
 
-	// The host listens on the config socket; QEMU (server=off) dials it.
-	sock := filepath.Join(tb.TempDir(), "config.sock")
-	ln, err := net.Listen("unix", sock)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	tb.Cleanup(func() { ln.Close() })
 	meta := agentapi.Metadata{SandboxID: id, NATSURL: "nats://" + agentapi.GuestNATSAddr, Seed: seed}
-	cfgErr := make(chan error, 1)
-	go func() { cfgErr <- answerConfig(ln, meta) }()
-
+	cmdline := fmt.Sprintf("console=ttyS0 quiet panic=-1 reboot=t tsc_early_khz=%d cryptomgr.notests "+
+		"initcall_blacklist=init_kprobe_trace mitigations=off nokaslr%s", hostTSCkHz(tb), debugArg())
 	args := []string{
 		// RDRAND lets the guest kernel's CRNG be ready at once: without it
 		// the first getrandom (crypto/rand, in nats.go's package init) waits
@@ -168,14 +160,29 @@ func boot(tb testing.TB, qemu string, img guestimage.Image, n node, id string) *
 		"-M", "microvm", "-accel", "tcg", "-cpu", "qemu64,+rdrand", "-m", "128", "-smp", "1",
 		"-nographic", "-nodefaults", "-no-user-config", "-serial", "stdio", "-no-reboot",
 		"-kernel", img.Kernel, "-initrd", img.Initrd,
-		"-append", fmt.Sprintf("console=ttyS0 quiet panic=-1 reboot=t tsc_early_khz=%d cryptomgr.notests "+
-			"initcall_blacklist=init_kprobe_trace mitigations=off nokaslr%s", hostTSCkHz(tb), debugArg()),
 		"-netdev", fmt.Sprintf("user,id=n0,restrict=on,guestfwd=tcp:%s-cmd:%s %s 127.0.0.1:%s",
 			agentapi.GuestNATSAddr, self(tb), vminit.ForwardArg, natsPort),
 		"-device", "virtio-net-device,netdev=n0",
-		"-device", "virtio-serial-device",
-		"-chardev", fmt.Sprintf("socket,path=%s,server=off,id=c0", sock),
-		"-device", "virtserialport,chardev=c0,name=" + agentapi.ConfigPortName,
+	}
+	cfgErr := make(chan error, 1)
+	if viaCmdline {
+		// Firecracker's way: no virtio-serial, metadata on the command line.
+		args = append(args, "-append", cmdline+" "+meta.KernelArgs())
+	} else {
+		// The host listens on the config socket; QEMU (server=off) dials it.
+		sock := filepath.Join(tb.TempDir(), "config.sock")
+		ln, err := net.Listen("unix", sock)
+		if err != nil {
+			tb.Fatal(err)
+		}
+		tb.Cleanup(func() { ln.Close() })
+		go func() { cfgErr <- answerConfig(ln, meta) }()
+		args = append(args,
+			"-append", cmdline,
+			"-device", "virtio-serial-device",
+			"-chardev", fmt.Sprintf("socket,path=%s,server=off,id=c0", sock),
+			"-device", "virtserialport,chardev=c0,name="+agentapi.ConfigPortName,
+		)
 	}
 	g := &guest{id: id, exited: make(chan error, 1), cmdline: append([]string{qemu}, args...)}
 	g.cmd = exec.Command(qemu, args...)
@@ -289,7 +296,7 @@ func TestBootHandshake(t *testing.T) {
 	img := buildImage(t)
 	t.Logf("image %s: kernel %s, modules %v", img.Hash[:12], img.KernelVersion, img.Modules)
 	n := startNode(t)
-	g := boot(t, qemu, img, n, "vmboot1")
+	g := boot(t, qemu, img, n, "vmboot1", false)
 	t.Logf("qemu command line: %s", strings.Join(g.cmdline, " "))
 	t.Logf("boot to handshake: %s", g.took.Round(time.Millisecond))
 	if g.handshake.SandboxID != g.id || !g.handshake.PID1 {
@@ -309,6 +316,19 @@ func TestBootHandshake(t *testing.T) {
 	g.waitExit(t, time.Minute)
 }
 
+// TestBootHandshakeKernelCmdline boots without a config port, as on
+// Firecracker: init falls back to the metadata on the kernel command line.
+func TestBootHandshakeKernelCmdline(t *testing.T) {
+	qemu := requireVM(t)
+	img := buildImage(t)
+	n := startNode(t)
+	g := boot(t, qemu, img, n, "vmcmdline1", true)
+	t.Logf("boot to handshake (metadata on the kernel command line): %s", g.took.Round(time.Millisecond))
+	if g.handshake.SandboxID != g.id || !g.handshake.PID1 {
+		t.Fatalf("handshake %+v: want sandbox %s from the VM's init", g.handshake, g.id)
+	}
+}
+
 // BenchmarkBootToHandshake reports QEMU start → agent handshake under TCG.
 func BenchmarkBootToHandshake(b *testing.B) {
 	qemu := requireVM(b)
@@ -318,7 +338,7 @@ func BenchmarkBootToHandshake(b *testing.B) {
 	i := 0
 	for b.Loop() {
 		i++
-		g := boot(b, qemu, img, n, fmt.Sprintf("vmbench%d", i))
+		g := boot(b, qemu, img, n, fmt.Sprintf("vmbench%d", i), false)
 		total += g.took
 		_ = g.cmd.Process.Kill()
 		<-g.exited
