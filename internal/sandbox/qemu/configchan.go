@@ -65,6 +65,7 @@ func (v *vm) deliverConfig(waitReady bool) error {
 		return err
 	}
 	conn.SetDeadline(time.Time{})
+	close(v.configured)
 	v.log.Info("Config delivered to guest", "waited_for_ready", waitReady)
 	// Drain anything the guest writes later so its port never blocks.
 	_, _ = io.Copy(io.Discard, r)
