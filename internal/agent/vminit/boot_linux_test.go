@@ -334,15 +334,19 @@ func BenchmarkBootToHandshake(b *testing.B) {
 	qemu := requireVM(b)
 	img := buildImage(b)
 	n := startNode(b)
-	var total time.Duration
+	var total, best time.Duration
 	i := 0
 	for b.Loop() {
 		i++
 		g := boot(b, qemu, img, n, fmt.Sprintf("vmbench%d", i), false)
 		total += g.took
+		if best == 0 || g.took < best {
+			best = g.took
+		}
 		_ = g.cmd.Process.Kill()
 		<-g.exited
 		g.exited <- nil
 	}
 	b.ReportMetric(float64(total.Milliseconds())/float64(i), "ms/handshake")
+	b.ReportMetric(float64(best.Milliseconds()), "best-ms")
 }
