@@ -17,5 +17,10 @@ func main() {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
+	// The agent of a process sandbox skips the CLI parser: every idle
+	// sandbox pays for what its agent touches at start.
+	if len(os.Args) == 2 && os.Args[1] == "agent" {
+		os.Exit(cli.RunAgent(ctx, os.Stderr))
+	}
 	os.Exit(cli.Main(ctx, os.Args[1:], os.Stdout, os.Stderr))
 }

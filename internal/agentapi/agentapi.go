@@ -97,10 +97,15 @@ func DeploySubject(id string) string    { return SubjectRoot(id) + ".deploy" }
 func UndeploySubject(id string) string  { return SubjectRoot(id) + ".undeploy" }
 func PingSubject(id string) string      { return SubjectRoot(id) + ".ping" }
 func ArtifactSubject(id string) string  { return SubjectRoot(id) + ".artifact" }
-func LogsSubject(id string) string      { return SubjectRoot(id) + ".logs" }
-func EventsSubject(id string) string    { return SubjectRoot(id) + ".events" }
-func TriggerSubject(id string) string   { return SubjectRoot(id) + ".trigger" }
-func InboxPrefix(id string) string      { return "_INBOX_" + id }
+func LogsSubject(id string) string      { return SubjectRoot(id) + ".out.logs" }
+func EventsSubject(id string) string    { return SubjectRoot(id) + ".out.events" }
+
+// OutputSubject matches an agent's logs and events together, so a node that
+// subscribes to it sees them in the order the agent sent them (the last log
+// lines before the exit event). id may be "*".
+func OutputSubject(id string) string  { return SubjectRoot(id) + ".out.*" }
+func TriggerSubject(id string) string { return SubjectRoot(id) + ".trigger" }
+func InboxPrefix(id string) string    { return "_INBOX_" + id }
 
 // Handshake is the agent's first request, on HandshakeSubject.
 type Handshake struct {
@@ -133,6 +138,10 @@ type Deploy struct {
 	// Workload NATS credentials (a user of the node's workload account). The
 	// agent sets NATS_URL from them when Env has none, pointing at the address
 	// it itself reaches the node with (or its in-guest forwarder).
+	// StagedPath, when set, is where the node already put the artifact
+	// (sandboxes sharing the host filesystem): the agent verifies it like a
+	// download and does not fetch it over NATS.
+	StagedPath   string   `json:"staged_path,omitempty"`
 	NATSUser     string   `json:"nats_user,omitempty"`
 	NATSPassword string   `json:"nats_password,omitempty"`
 	Triggers     []string `json:"trigger_subjects,omitempty"`

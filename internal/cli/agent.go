@@ -2,6 +2,9 @@ package cli
 
 import (
 	"context"
+	"fmt"
+	"io"
+	"log/slog"
 	"os"
 
 	"github.com/nex-engine/nex/internal/agent"
@@ -13,6 +16,20 @@ import (
 type AgentCmd struct{}
 
 func (c *AgentCmd) Run(ctx context.Context, g *Globals) error {
+	return runAgent(ctx, g.Log())
+}
+
+// RunAgent is `nex agent` without the CLI parser (see cmd/nex); it returns
+// the exit code.
+func RunAgent(ctx context.Context, stderr io.Writer) int {
+	if err := runAgent(ctx, slog.New(slog.NewTextHandler(stderr, nil))); err != nil {
+		fmt.Fprintln(stderr, "nex agent:", err)
+		return 1
+	}
+	return 0
+}
+
+func runAgent(ctx context.Context, log *slog.Logger) error {
 	meta, err := agentapi.FromEnv(nil)
 	if err != nil {
 		return err
@@ -25,7 +42,7 @@ func (c *AgentCmd) Run(ctx context.Context, g *Globals) error {
 	}
 	return agent.Run(ctx, agent.Options{
 		Meta:    meta,
-		Log:     g.Log().With("sandbox", meta.SandboxID),
+		Log:     log.With("sandbox", meta.SandboxID),
 		WorkDir: wd,
 	})
 }

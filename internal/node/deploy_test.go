@@ -193,6 +193,27 @@ func (h *harness) assertClean(t *testing.T) {
 	}
 }
 
+// TestArtifactOverNATS runs a workload whose artifact the agent fetches in
+// chunks from the node, as VM agents do.
+func TestArtifactOverNATS(t *testing.T) {
+	h := newHarness(t, nil)
+	h.node.testNoStaging = true
+	_, wl := binaries(t)
+	data, _ := os.ReadFile(wl)
+	hash := h.upload("w", data)
+	evs := h.events("$NEX.events.default.*")
+	run, err := h.deploy(h.deployRequest("job", "w", hash, nil, "exit", "0"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var und api.WorkloadUndeployedEvent
+	eventually(t, 20*time.Second, "the job to end", func() bool { return evs.last(api.EventWorkloadUndeployed, &und) })
+	if und.Code != 0 || und.WorkloadID != run.ID {
+		t.Fatalf("undeployed %+v", und)
+	}
+	h.assertClean(t)
+}
+
 func TestDeployRefusals(t *testing.T) {
 	other, _ := nkeys.CreateAccount()
 	otherPub, _ := other.PublicKey()

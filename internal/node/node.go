@@ -74,6 +74,9 @@ type Node struct {
 	// testHookBeforeAgentDeploy lets tests inject faults between taking a
 	// sandbox and handing it the workload.
 	testHookBeforeAgentDeploy func(sandbox.Sandbox)
+	// testNoStaging makes every deploy stream its artifact over NATS, the
+	// path VM sandboxes take.
+	testNoStaging bool
 
 	bg     sync.WaitGroup
 	ctx    context.Context

@@ -175,8 +175,7 @@ func (n *Node) subscribeAgents() error {
 	}{
 		{agentapi.HandshakeSubject("*"), n.onHandshake},
 		{agentapi.ArtifactSubject("*"), n.onArtifact},
-		{agentapi.LogsSubject("*"), n.onLog},
-		{agentapi.EventsSubject("*"), n.onAgentEvent},
+		{agentapi.OutputSubject("*"), n.onAgentOutput},
 	}
 	for _, s := range subs {
 		if _, err := n.inc.Subscribe(s.subject, s.h); err != nil {
@@ -261,6 +260,17 @@ func (n *Node) onArtifact(m *nats.Msg) {
 		return
 	}
 	_ = m.Respond(buf[:k])
+}
+
+// onAgentOutput handles logs and events from one subscription so that an
+// agent's last log lines are published before its workload's end.
+func (n *Node) onAgentOutput(m *nats.Msg) {
+	switch api.Token(m.Subject, 3) {
+	case "logs":
+		n.onLog(m)
+	case "events":
+		n.onAgentEvent(m)
+	}
 }
 
 func (n *Node) onLog(m *nats.Msg) {

@@ -12,6 +12,7 @@ import (
 
 	"github.com/nex-engine/nex/api"
 	"github.com/nex-engine/nex/internal/agentapi"
+	"github.com/nex-engine/nex/internal/sandbox"
 )
 
 // workload is one deployed workload. Its id outlives sandboxes: an essential
@@ -113,6 +114,12 @@ func (n *Node) start(ctx context.Context, w *workload) error {
 	d := agentapi.Deploy{WorkloadID: w.id, Name: w.name, Namespace: w.ns, Type: w.typ, Argv: w.argv, Env: w.env,
 		Hash: w.hash, Size: w.size, NATSUser: user, NATSPassword: pass}
 
+	if st, ok := h.sb.(sandbox.Stager); ok && !n.testNoStaging {
+		if d.StagedPath, err = st.Stage(w.artifactPath, w.hash); err != nil {
+			n.log.Warn("staging the artifact failed; the agent will fetch it over NATS", keyVMID, h.id, "error", err)
+			d.StagedPath = ""
+		}
+	}
 	if n.testHookBeforeAgentDeploy != nil {
 		n.testHookBeforeAgentDeploy(h.sb)
 	}

@@ -53,6 +53,15 @@ type Sandbox interface {
 // tag themselves nex.unsafe=true.
 type Unsafe interface{ Unsafe() bool }
 
+// Stager is implemented by sandboxes whose agent shares the host's
+// filesystem (the process sandbox): the node copies the artifact, already
+// verified, into the sandbox's own work dir instead of streaming it over
+// NATS. The agent still checks size and hash before it runs it. Stage
+// returns the path the agent sees.
+type Stager interface {
+	Stage(src, name string) (string, error)
+}
+
 // Check is one line of a preflight report.
 type Check struct {
 	Name string

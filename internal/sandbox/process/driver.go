@@ -7,6 +7,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"os"
 	"os/exec"
@@ -113,6 +114,7 @@ func (d *Driver) Start(ctx context.Context, spec sandbox.Spec) (sandbox.Sandbox,
 	}
 	s := &Sandbox{
 		id:      spec.ID,
+		work:    work,
 		cmd:     cmd,
 		timeout: d.cfg.StopTimeout,
 		done:    make(chan struct{}),
@@ -131,6 +133,7 @@ func (d *Driver) Start(ctx context.Context, spec sandbox.Spec) (sandbox.Sandbox,
 // Sandbox is one running agent process.
 type Sandbox struct {
 	id      string
+	work    string // the agent's work dir
 	pid     int
 	cmd     *exec.Cmd
 	timeout time.Duration
@@ -142,7 +145,34 @@ type Sandbox struct {
 	done      chan struct{}
 }
 
-var _ sandbox.Sandbox = (*Sandbox)(nil)
+var (
+	_ sandbox.Sandbox = (*Sandbox)(nil)
+	_ sandbox.Stager  = (*Sandbox)(nil)
+)
+
+// Stage implements sandbox.Stager: a copy (copy_file_range, in the kernel)
+// into the agent's work dir, so the workload can never write to the node's
+// artifact store through a shared inode.
+func (s *Sandbox) Stage(src, name string) (string, error) {
+	dst := filepath.Join(s.work, ".staged-"+filepath.Base(name))
+	in, err := os.Open(src)
+	if err != nil {
+		return "", fmt.Errorf("stage artifact: %w", err)
+	}
+	defer in.Close()
+	out, err := os.OpenFile(dst, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
+	if err != nil {
+		return "", fmt.Errorf("stage artifact: %w", err)
+	}
+	if _, err := io.Copy(out, in); err != nil {
+		out.Close()
+		return "", fmt.Errorf("stage artifact: %w", err)
+	}
+	if err := out.Close(); err != nil {
+		return "", fmt.Errorf("stage artifact: %w", err)
+	}
+	return dst, nil
+}
 
 func (s *Sandbox) ID() string            { return s.id }
 func (s *Sandbox) PID() int              { return s.pid }
