@@ -227,6 +227,14 @@ func (p *Pool[M]) Remove(m M) bool {
 	return false
 }
 
+// SetTarget changes how many ready members the pool keeps.
+func (p *Pool[M]) SetTarget(n int) {
+	p.mu.Lock()
+	p.o.Target = n
+	p.mu.Unlock()
+	p.poke()
+}
+
 // Status reports the pool's state.
 func (p *Pool[M]) Status() Status {
 	p.mu.Lock()
