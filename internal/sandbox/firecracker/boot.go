@@ -1,0 +1,165 @@
+package firecracker
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"time"
+
+	"github.com/nex-engine/nex/internal/agentapi"
+	"github.com/nex-engine/nex/internal/sandbox"
+)
+
+// Booting is data: an ordered list of named steps run by one loop that logs
+// each. A snapshot restore, should it come, is this list with the
+// configuration steps swapped for a PUT /snapshot/load.
+type step struct {
+	name string
+	run  func(ctx context.Context, v *vm) error
+}
+
+type steps []step
+
+// Step names; an error of Start names the step it came from.
+const (
+	stepPrepareDir    = "prepare dir"
+	stepLaunch        = "launch"
+	stepWritePID      = "write pid"
+	stepAwaitAPI      = "await api socket"
+	stepMachineConfig = "machine config"
+	stepBootSource    = "boot source"
+	stepVsock         = "vsock"
+	stepListenVsock   = "listen vsock"
+	stepInstanceStart = "instance start"
+	stepLogStarted    = "log machine started"
+)
+
+func bootSteps() steps {
+	return steps{
+		{stepPrepareDir, prepareDir},
+		{stepLaunch, launch},
+		{stepWritePID, writePID},
+		{stepAwaitAPI, awaitAPI},
+		{stepMachineConfig, putMachineConfig},
+		{stepBootSource, putBootSource},
+		{stepVsock, putVsock},
+		{stepListenVsock, listenVsock},
+		{stepInstanceStart, instanceStart},
+		{stepLogStarted, logStarted},
+	}
+}
+
+// run runs the steps in order, logging each; the first error ends the boot.
+func (v *vm) run(ctx context.Context, s steps) error {
+	for _, st := range s {
+		t0 := time.Now()
+		if err := st.run(ctx, v); err != nil {
+			return fmt.Errorf("%s: %w", st.name, err)
+		}
+		v.log.Debug("Boot step done", logStep, st.name, logTook, time.Since(t0))
+	}
+	return nil
+}
+
+// Guest kernel command line. console=ttyS0: Firecracker's serial port, which
+// it writes to its stdout. reboot=k: a guest reboot pulses the i8042 reset
+// line, which ends Firecracker (it never reboots a guest), and panic=-1
+// reboots at once, so a guest that ends for any reason ends the VMM. pci=off:
+// Firecracker's devices are virtio-mmio. The rest are the boot-time savings
+// measured for the qemu driver (shared/notes/microvm-on-this-host.md).
+const kernelCmdline = "console=ttyS0 reboot=k panic=-1 pci=off quiet cryptomgr.notests " +
+	"initcall_blacklist=init_kprobe_trace mitigations=off nokaslr"
+
+// BootArgs is the kernel command line of a guest with metadata m (whose
+// NATSURL is already the guest's vsock URL).
+func BootArgs(m agentapi.Metadata) string { return kernelCmdline + " " + m.KernelArgs() }
+
+// maxSocketPath is the longest unix socket path (sun_path holds 108 bytes
+// with the terminating NUL). Firecracker is given absolute paths, and the
+// vsock's per-port sockets add "_<port>".
+const maxSocketPath = 107
+
+func prepareDir(ctx context.Context, v *vm) error {
+	st, err := os.Stat(v.dir)
+	if err != nil {
+		return err
+	}
+	if !st.IsDir() {
+		return fmt.Errorf("%s is not a directory", v.dir)
+	}
+	if p := v.vsockPortPath(agentapi.NATSVsockPort); len(p) > maxSocketPath {
+		return fmt.Errorf("socket path %s is %d bytes, more than a unix socket takes (%d): use a shorter state dir",
+			p, len(p), maxSocketPath)
+	}
+	// Sockets a previous run left would make Firecracker's binds and ours
+	// fail.
+	for _, p := range []string{v.path(APISocket), v.path(VsockSocket), v.vsockPortPath(agentapi.NATSVsockPort)} {
+		if err := os.Remove(p); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return err
+		}
+	}
+	return nil
+}
+
+func launch(ctx context.Context, v *vm) error { return v.launch() }
+
+func writePID(ctx context.Context, v *vm) error { return sandbox.WritePID(v.dir, v.PID()) }
+
+// awaitAPI polls the API socket until Firecracker answers, it exits, or ctx
+// ends.
+func awaitAPI(ctx context.Context, v *vm) error {
+	t := time.NewTicker(apiPoll)
+	defer t.Stop()
+	for {
+		actx, cancel := context.WithTimeout(ctx, apiPoll*4)
+		info, err := v.api.Describe(actx)
+		cancel()
+		if err == nil {
+			v.log.Debug("VMM API up", "vmm_version", info.VMMVersion, "state", info.State)
+			return nil
+		}
+		select {
+		case <-v.done:
+			if v.exitErr != nil {
+				return v.exitErr
+			}
+			return errors.New("firecracker exited before its API answered")
+		case <-ctx.Done():
+			return fmt.Errorf("no answer on %s: %w (last: %v)", v.api.Socket(), ctx.Err(), err)
+		case <-t.C:
+		}
+	}
+}
+
+// apiPoll is how often awaitAPI tries the socket; Firecracker binds it
+// within milliseconds of starting.
+const apiPoll = 5 * time.Millisecond
+
+func putMachineConfig(ctx context.Context, v *vm) error {
+	return v.api.PutMachineConfig(ctx, v.size)
+}
+
+func putBootSource(ctx context.Context, v *vm) error {
+	return v.api.PutBootSource(ctx, BootSource{
+		KernelImagePath: v.d.cfg.Kernel,
+		InitrdPath:      v.d.cfg.Initrd,
+		BootArgs:        BootArgs(v.guest),
+	})
+}
+
+func putVsock(ctx context.Context, v *vm) error {
+	return v.api.PutVsock(ctx, Vsock{GuestCID: agentapi.GuestCID, UDSPath: v.path(VsockSocket)})
+}
+
+// listenVsock takes the host side of the guest's connections to the node's
+// NATS before the guest can make any.
+func listenVsock(ctx context.Context, v *vm) error { return v.listenVsock() }
+
+func instanceStart(ctx context.Context, v *vm) error { return v.api.Action(ctx, InstanceStart) }
+
+func logStarted(ctx context.Context, v *vm) error {
+	v.log.Info("Machine started", logPID, v.PID(), "vcpus", v.size.VCPUCount, "mem_mib", v.size.MemSizeMiB,
+		logSocket, v.api.Socket(), logConsole, v.path(ConsoleFile))
+	return nil
+}

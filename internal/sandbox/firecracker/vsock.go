@@ -1,0 +1,81 @@
+package firecracker
+
+import (
+	"context"
+	"errors"
+	"io"
+	"net"
+	"sync"
+
+	"github.com/nex-engine/nex/internal/agentapi"
+)
+
+// The host side of the guest's vsock. For a guest connection to host port P
+// Firecracker connects to the unix socket "<uds_path>_P" (and resets the
+// guest's connection when nobody listens there); the bytes then flow
+// unchanged. The guest connects to agentapi.NATSVsockPort only: the driver
+// listens on that one socket and splices each connection to the node's
+// internal NATS, so the guest reaches nothing else on the host.
+
+func (v *vm) listenVsock() error {
+	ln, err := net.Listen("unix", v.vsockPortPath(agentapi.NATSVsockPort))
+	if err != nil {
+		return err
+	}
+	v.vsockLn = ln
+	go v.serveVsock(ln)
+	return nil
+}
+
+// serveVsock forwards every connection until the listener is closed (when
+// Firecracker exits).
+func (v *vm) serveVsock(ln net.Listener) {
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			if !errors.Is(err, net.ErrClosed) {
+				v.log.Warn("vsock accept", "error", err)
+			}
+			return
+		}
+		go v.forward(c)
+	}
+}
+
+// forward splices one guest connection to the node's NATS; the VM's end
+// closes both.
+func (v *vm) forward(guest net.Conn) {
+	ctx := v.proxyCtx
+	var d net.Dialer
+	up, err := d.DialContext(ctx, "tcp", v.nats)
+	if err != nil {
+		v.log.Warn("vsock forward: dial node nats", "addr", v.nats, "error", err)
+		guest.Close()
+		return
+	}
+	splice(ctx, guest, up)
+}
+
+// splice copies both ways; when one side ends its writes the other side's
+// write half is closed, so a peer sees EOF while the other direction may
+// still flow. It returns when both directions are done or ctx ends.
+func splice(ctx context.Context, a, b net.Conn) {
+	stop := context.AfterFunc(ctx, func() { a.Close(); b.Close() })
+	defer stop()
+	var wg sync.WaitGroup
+	half := func(dst, src net.Conn) {
+		defer wg.Done()
+		_, _ = io.Copy(dst, src)
+		if cw, ok := dst.(interface{ CloseWrite() error }); ok {
+			_ = cw.CloseWrite()
+		} else {
+			dst.Close()
+		}
+	}
+	wg.Add(2)
+	go half(a, b)
+	go half(b, a)
+	wg.Wait()
+	a.Close()
+	b.Close()
+}
