@@ -85,6 +85,11 @@ type MachineSummary struct {
 	Uptime    string              `json:"uptime"`
 	Namespace string              `json:"namespace"`
 	Workload  WorkloadDescription `json:"workload"`
+	// SandboxID (nex extension) is the sandbox the workload runs in now;
+	// empty while an essential workload is being restarted.
+	SandboxID string `json:"sandbox_id,omitempty"`
+	// Retries (nex extension) counts restarts of an essential workload.
+	Retries int `json:"retry_count,omitempty"`
 }
 
 // PoolStatus is a nex extension to InfoResponse: the warm pool's health.

@@ -361,9 +361,15 @@ func (n *Node) Info(ns string) api.InfoResponse {
 		if w.ns != ns {
 			continue
 		}
-		resp.Machines = append(resp.Machines, api.MachineSummary{ID: w.id, Healthy: w.healthy(), Uptime: uptime(w.deployedAt),
+		w.mu.Lock()
+		m := api.MachineSummary{ID: w.id, Healthy: w.running, Uptime: uptime(w.deployedAt),
 			Namespace: w.ns, Workload: api.WorkloadDescription{Name: w.name, Description: w.description,
-				Runtime: n.o.Driver.Name(), Type: w.typ, Hash: w.hash}})
+				Runtime: n.o.Driver.Name(), Type: w.typ, Hash: w.hash}, Retries: w.retries}
+		if w.sandbox != nil {
+			m.SandboxID = w.sandbox.id
+		}
+		w.mu.Unlock()
+		resp.Machines = append(resp.Machines, m)
 	}
 	n.mu.Unlock()
 	st := n.pool.Status()
