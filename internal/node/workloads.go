@@ -36,12 +36,6 @@ type workload struct {
 	retries    int
 }
 
-func (w *workload) healthy() bool {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	return w.running
-}
-
 // Deploy implements controlapi.Node.
 func (n *Node) Deploy(ctx context.Context, ns string, req api.DeployRequest) (api.RunResponse, error) {
 	n.mu.Lock()
