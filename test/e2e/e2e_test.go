@@ -22,6 +22,7 @@ import (
 	"github.com/nats-io/nats.go"
 
 	"github.com/nex-engine/nex/api"
+	"github.com/nex-engine/nex/internal/natsd"
 	"github.com/nex-engine/nex/internal/sandbox/sandboxtest"
 )
 
@@ -273,6 +274,20 @@ func TestNodeLsWithoutNodes(t *testing.T) {
 	out, err := cmd.CombinedOutput()
 	if err == nil || !strings.Contains(string(out), "nats://127.0.0.1:1") {
 		t.Fatalf("node ls against nothing: %v\n%s", err, out)
+	}
+}
+
+func TestNodeLsWithNoNodeRunning(t *testing.T) {
+	e := newEnv(t)
+	cp, err := natsd.StartControlPlane(natsd.ControlPlaneOptions{Port: -1, StoreDir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cp.Shutdown()
+	out, err := e.command("node", "ls", "-s", cp.ClientURL()).CombinedOutput()
+	if err == nil || !strings.Contains(string(out), "no nex nodes answered on "+cp.ClientURL()) ||
+		!strings.Contains(string(out), "nex node up") || strings.Contains(string(out), "no responders") {
+		t.Fatalf("want the friendly error, got %v:\n%s", err, out)
 	}
 }
 
