@@ -34,6 +34,9 @@ type Options struct {
 	WorkloadNATSAddr string
 	// PID1 is set when the agent is a VM's init.
 	PID1 bool
+	// Dialer, when set, makes the agent's connections to the node (a
+	// Firecracker VM's vsock); Meta.NATSURL then only names the server.
+	Dialer nats.CustomDialer
 	// Runtimes by workload type. Nil: DefaultRuntimes().
 	Runtimes map[string]workload.Runtime
 }

@@ -54,6 +54,10 @@ func (a *agent) connect(ctx context.Context) (*nats.Conn, error) {
 			a.log.Warn("nats error", "subject", subject, keyError, err)
 		}),
 	}
+	if a.o.Dialer != nil {
+		// The URL's host is no name to look up (vsock://2:4222).
+		opts = append(opts, nats.SetCustomDialer(a.o.Dialer), nats.SkipHostLookup())
+	}
 	for wait := retryMin; ; wait = min(2*wait, retryMax) {
 		nc, err := nats.Connect(a.o.Meta.NATSURL, opts...)
 		if err == nil {

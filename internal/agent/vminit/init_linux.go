@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
-	"net/url"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -307,16 +306,14 @@ func (v *vm) seedEntropy(context.Context) error {
 // startForwarder listens where workloads look for NATS and forwards to the
 // node's address as the guest reaches it.
 func (v *vm) startForwarder(ctx context.Context) error {
-	u, err := url.Parse(v.cfg.Metadata.NATSURL)
-	if err != nil || u.Host == "" {
-		return fmt.Errorf("nats url %q: no host:port", v.cfg.Metadata.NATSURL)
+	dial, err := nodeDial(v.cfg.Metadata.NATSURL)
+	if err != nil {
+		return err
 	}
 	ln, err := net.Listen("tcp", agentapi.WorkloadNATSAddr)
 	if err != nil {
 		return err
 	}
-	var d net.Dialer
-	dial := func(ctx context.Context) (net.Conn, error) { return d.DialContext(ctx, "tcp", u.Host) }
 	go func() {
 		if err := forward(ctx, ln, dial, v.log); err != nil {
 			v.log.Error("nats forwarder", keyError, err)
@@ -470,6 +467,11 @@ func agentMain(log *slog.Logger) int {
 		log.Error("work dir", keyError, err)
 		return 2
 	}
+	dialer, err := natsDialer(m.NATSURL)
+	if err != nil {
+		log.Error("nats url", keyError, err)
+		return 2
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
 	defer stop()
 	err = agent.Run(ctx, agent.Options{
@@ -478,6 +480,7 @@ func agentMain(log *slog.Logger) int {
 		PID1:             true,
 		WorkloadNATSAddr: agentapi.WorkloadNATSAddr,
 		WorkDir:          workDir,
+		Dialer:           dialer,
 	})
 	if err != nil {
 		log.Error("agent", keyError, err)
