@@ -2,6 +2,7 @@ package qemu
 
 import (
 	"fmt"
+	"net"
 	"strconv"
 	"strings"
 
@@ -95,8 +96,8 @@ func (m machine) args() []string {
 		"-serial", "file:"+consoleFile,
 		// restrict=on: the guest reaches nothing but the one forward to the
 		// node's internal NATS.
-		"-netdev", "user,id=n0,restrict=on,guestfwd=tcp:"+agentapi.GuestNATSAddr+"-"+
-			qemuOptValue(forwardSpec(m.Forwarder, m.NATSHost, m.NATSPort)),
+		"-netdev", "user,id=n0,restrict=on,"+
+			GuestForward(agentapi.GuestNATSAddr, m.Forwarder, net.JoinHostPort(m.NATSHost, strconv.Itoa(m.NATSPort))),
 		"-device", "virtio-net-device,netdev=n0",
 		// The config channel: the driver listens on agent.sock, QEMU dials it.
 		"-device", "virtio-serial-device",

@@ -84,16 +84,6 @@ func ForwardStdio(ctx context.Context, addr string) error {
 	return Forward(ctx, addr, conn)
 }
 
-// forwardSpec renders the guestfwd command: words quoted for QEMU's
-// shell-style splitting, commas doubled for its option parser.
-func forwardSpec(argv []string, host string, port int) string {
-	words := make([]string, 0, len(argv)+1)
-	for _, a := range append(argv, fmt.Sprintf("%s:%d", host, port)) {
-		words = append(words, shellQuote(a))
-	}
-	return "cmd:" + strings.Join(words, " ")
-}
-
 // GuestForward is the guestfwd option of a user-mode netdev that carries
 // each guest connection to guestAddr (ip:port inside the guest) to target
 // (host:port or unix:/path) through the forward command argv, escaped for
