@@ -39,13 +39,13 @@ type vm struct {
 	// agent must never learn an identity.
 	guestMeta *agentapi.Metadata
 
-	ln     *net.UnixListener
+	ln *net.UnixListener
 	// configured is closed once the guest has its config (benchmarks
 	// split boot time there: before it, the VMM and kernel; after, the agent).
 	configured chan struct{}
-	cmd    *exec.Cmd
-	stderr bytes.Buffer // QEMU's own messages (bounded by what QEMU says)
-	conn   atomic.Pointer[net.Conn]
+	cmd        *exec.Cmd
+	stderr     bytes.Buffer // QEMU's own messages (bounded by what QEMU says)
+	conn       atomic.Pointer[net.Conn]
 
 	done          chan struct{}
 	exitErr       error // why it ended; read after done
