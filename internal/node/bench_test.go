@@ -18,7 +18,7 @@ import (
 
 // startNodes runs count nodes (empty pools) in this process on one server.
 func startNodes(b *testing.B, cp *natsd.ControlPlane, count int) []*Node {
-	nex, _ := binaries(&testing.T{})
+	nex, _ := binaries(b)
 	var nodes []*Node
 	for i := 0; i < count; i++ {
 		nc, err := nats.Connect(cp.ClientURL())
@@ -49,7 +49,7 @@ func startNodes(b *testing.B, cp *natsd.ControlPlane, count int) []*Node {
 // collection alone, one $NEX.PING.<node> round trip, and a raw NATS
 // request/reply on the same server for comparison.
 func BenchmarkNodeLs(b *testing.B) {
-	nex, _ := binaries(&testing.T{})
+	nex, _ := binaries(b)
 	for _, count := range []int{1, 20} {
 		cp, err := natsd.StartControlPlane(natsd.ControlPlaneOptions{Port: -1, StoreDir: b.TempDir()})
 		if err != nil {

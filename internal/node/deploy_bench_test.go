@@ -23,13 +23,12 @@ func percentile(d []time.Duration, p float64) time.Duration {
 // iteration deploys, waits for the echo, then stops the workload and lets
 // the pool refill outside the timed part. Reports p50/p99 in ms.
 func BenchmarkDeployToFirstReply(b *testing.B) {
-	t := &testing.T{}
-	h := newHarness(t, func(c *config.Config) {
+	h := newHarness(b, func(c *config.Config) {
 		n := 4
 		c.MachinePoolSize = &n
 	})
 	defer func() { _ = h.node.Stop(h.ctx()) }()
-	_, wl := binaries(t)
+	_, wl := binaries(b)
 	data, _ := os.ReadFile(wl)
 	hash := h.upload("echo", data)
 	var lat []time.Duration
@@ -78,9 +77,8 @@ func BenchmarkPoolRefill(b *testing.B) {
 	var rates []float64
 	var rss []int
 	for i := 0; i < b.N; i++ {
-		t := &testing.T{}
 		zero := 0
-		h := newHarness(t, func(c *config.Config) { c.MachinePoolSize = &zero })
+		h := newHarness(b, func(c *config.Config) { c.MachinePoolSize = &zero })
 		h.node.pool.SetTarget(target)
 		start := time.Now()
 		if err := h.node.pool.Wait(h.ctx(), target); err != nil {

@@ -28,7 +28,7 @@ var (
 )
 
 // binaries builds nex (the agent) and the test workload once per run.
-func binaries(t *testing.T) (string, string) {
+func binaries(t testing.TB) (string, string) {
 	binOnce.Do(func() {
 		dir, err := os.MkdirTemp("", "nex-node-test")
 		if err != nil {
@@ -60,7 +60,7 @@ func (k *keepDirT) TempDir() string {
 }
 
 type harness struct {
-	t      *testing.T
+	t      testing.TB
 	cp     *natsd.ControlPlane
 	nc     *nats.Conn
 	client *controlclient.Client
@@ -77,7 +77,7 @@ func quietLog() *slog.Logger {
 	return slog.New(slog.NewTextHandler(io.Discard, nil))
 }
 
-func newHarness(t *testing.T, mutate func(*config.Config)) *harness {
+func newHarness(t testing.TB, mutate func(*config.Config)) *harness {
 	t.Helper()
 	nex, _ := binaries(t)
 	cp, err := natsd.StartControlPlane(natsd.ControlPlaneOptions{Port: -1, StoreDir: t.TempDir()})
@@ -166,7 +166,7 @@ func (h *harness) deploy(req api.DeployRequest) (*api.RunResponse, error) {
 }
 
 // eventually polls cond until it holds or the deadline passes.
-func eventually(t *testing.T, d time.Duration, what string, cond func() bool) {
+func eventually(t testing.TB, d time.Duration, what string, cond func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(d)
 	for time.Now().Before(deadline) {

@@ -160,6 +160,12 @@ func (s *Sandbox) Stage(src, name string) (string, error) {
 		return "", fmt.Errorf("stage artifact: %w", err)
 	}
 	defer in.Close()
+	// The node forks agents all the time; a child forked while dst is open
+	// for writing holds that fd until it execs, and the agent's exec of dst
+	// would then fail with "text file busy". Holding ForkLock from open to
+	// close keeps every fork out of that window.
+	syscall.ForkLock.Lock()
+	defer syscall.ForkLock.Unlock()
 	out, err := os.OpenFile(dst, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
 	if err != nil {
 		return "", fmt.Errorf("stage artifact: %w", err)
