@@ -13,6 +13,7 @@ import (
 	"runtime"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -40,9 +41,12 @@ type vm struct {
 	nats  string            // host:port the vsock's NATS port is forwarded to
 	api   *Client
 
-	cmd     *exec.Cmd
-	pid     int
-	vsockLn net.Listener
+	cmd *exec.Cmd
+	pid int
+
+	vsockMu     sync.Mutex
+	vsockLn     net.Listener
+	vsockClosed bool
 	// proxyCtx ends the vsock forwards when the VM ends.
 	proxyCtx    context.Context
 	proxyCancel context.CancelFunc
@@ -163,10 +167,8 @@ func (v *vm) startLocked() error {
 
 func (v *vm) wait() {
 	err := v.cmd.Wait()
+	v.closeVsock()
 	v.proxyCancel()
-	if v.vsockLn != nil {
-		v.vsockLn.Close()
-	}
 	v.api.Close()
 	switch {
 	case v.stopRequested.Load():
@@ -213,10 +215,8 @@ func (v *vm) abort() {
 	if v.done != nil {
 		<-v.done
 	}
+	v.closeVsock()
 	v.proxyCancel()
-	if v.vsockLn != nil {
-		v.vsockLn.Close()
-	}
 	v.api.Close()
 }
 

@@ -22,13 +22,30 @@ func (v *vm) listenVsock() error {
 	if err != nil {
 		return err
 	}
+	v.vsockMu.Lock()
+	defer v.vsockMu.Unlock()
+	if v.vsockClosed { // Firecracker has already exited
+		ln.Close()
+		return errors.New("firecracker exited")
+	}
 	v.vsockLn = ln
 	go v.serveVsock(ln)
 	return nil
 }
 
-// serveVsock forwards every connection until the listener is closed (when
-// Firecracker exits).
+// closeVsock closes the listener, which removes its socket, before the VM is
+// reported done; forwards end with proxyCtx.
+func (v *vm) closeVsock() {
+	v.vsockMu.Lock()
+	v.vsockClosed = true
+	ln := v.vsockLn
+	v.vsockMu.Unlock()
+	if ln != nil {
+		ln.Close()
+	}
+}
+
+// serveVsock forwards every connection until the listener is closed.
 func (v *vm) serveVsock(ln net.Listener) {
 	for {
 		c, err := ln.Accept()
