@@ -36,6 +36,9 @@ func BuildWorkload(t testing.TB) string {
 	return build(t, "workload", "./internal/sandbox/sandboxtest/testdata/workload")
 }
 
+// startHome is HOME as the test process started, before any test changed it.
+var startHome = os.Getenv("HOME")
+
 type built struct {
 	once sync.Once
 	path string
@@ -88,7 +91,10 @@ func goBuild(name, pkg string) (string, error) {
 	bin := filepath.Join(dir, name)
 	cmd := exec.Command(gobin, "build", "-o", bin, pkg)
 	cmd.Dir = root
-	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+	// Tests may point HOME elsewhere (for ~/.nex keys); the go command
+	// finds its module and build caches under the HOME the process started
+	// with, and must keep doing so (no network in CI's sandbox).
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0", "HOME="+startHome)
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
 	if err := cmd.Run(); err != nil {
