@@ -250,6 +250,10 @@ func (n *Node) undeploy(ctx context.Context, w *workload, reason string) {
 	}
 	cancel()
 	n.workloadEnded(w, h, 0, reason)
+	// The agent's exit event may have ended the workload first, cleaning up
+	// in its own goroutine; wait for that, so a stop is answered only once
+	// the sandbox and its files are gone.
+	h.Discard()
 }
 
 // StopWorkload implements controlapi.Node.
