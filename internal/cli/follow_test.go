@@ -1,116 +1,116 @@
 package cli
 
 import (
-	"context"
 	"encoding/json"
+	"fmt"
 	"os"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/alecthomas/kong"
-	"github.com/nats-io/nats.go"
 
 	"github.com/nex-engine/nex/api"
+	"github.com/nex-engine/nex/internal/controlclient"
 )
 
-// ccFollow runs a following command (logs, events) with --count while
-// publish keeps sending until the command has had enough and returned: the
-// command subscribes at an unknown moment, so early messages may be missed
-// by design, and the loop stops by itself after a bound.
-func ccFollow(t *testing.T, url string, publish func(nc *nats.Conn), args ...string) (int, string, string) {
-	t.Helper()
-	nc, err := nats.Connect(url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nc.Close()
-	type result struct {
-		code     int
-		out, err string
-	}
-	done := make(chan result, 1)
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-	defer cancel()
-	go func() {
-		code, out, errOut := ccRun(t, ctx, args...)
-		done <- result{code, out, errOut}
-	}()
-	tick := time.NewTicker(20 * time.Millisecond)
-	defer tick.Stop()
-	for {
-		select {
-		case r := <-done:
-			if ctx.Err() != nil {
-				t.Fatalf("%v did not end by itself: %s", args, r.out)
-			}
-			return r.code, r.out, r.err
-		case <-tick.C:
-			publish(nc)
-		}
-	}
-}
-
 func TestLogsFollowsFilteredLines(t *testing.T) {
-	url := ccServer(t)
-	ts := time.Date(2025, 1, 2, 3, 4, 5, 0, time.Local)
-	publish := func(nc *nats.Conn) {
-		for _, l := range []struct{ node, id, name, text string }{
-			{"NODEAAAAAAAAAAAA", "w1", "echo", "hello\n"},
-			{"NODEAAAAAAAAAAAA", "w2", "other", "not me"},
-		} {
-			b, _ := json.Marshal(api.LogEntry{Namespace: "default", NodeID: l.node, WorkloadID: l.id, Timestamp: ts, Text: l.text})
-			nc.Publish(api.LogSubject("default", l.node, l.id, l.name), b)
+	devHome(t)
+	p := startPlane(t)
+	n := p.startNode()
+	bin := workloadFile(t, "workload")
+
+	// An essential job that keeps logging, to be filtered out and then
+	// followed by id.
+	other := p.deploy("devrun", bin, "--name", "other", "--essential", "--argv", "exit", "--argv", "0")
+
+	// Lines of one workload by name and node, from the moment the command
+	// subscribed.
+	f := p.follow(controlclient.LogFilter{Namespace: api.DefaultNamespace, Node: n.ID(), Name: "chatty"}.Subjects(),
+		"logs", "--name", "chatty", "--node", n.ID()[:8])
+	chatty := p.deploy("devrun", bin, "--name", "chatty", "GREETING=hi", "--argv", "exit", "--argv", "3")
+	f.waitFor(" chatty: hello stdout\n", " chatty: hello stderr\n", " chatty: env GREETING=hi\n")
+	code, out, errOut := f.stop()
+	if code != 0 {
+		t.Fatalf("logs: exit %d: %s", code, errOut)
+	}
+	line := regexp.MustCompile(`^\d\d:\d\d:\d\d\.\d{3} ` + regexp.QuoteMeta(shortID(n.ID())+" "+chatty.ID) + ` chatty: `)
+	for _, l := range strings.Split(strings.TrimSuffix(out, "\n"), "\n") {
+		if !line.MatchString(l) {
+			t.Errorf("logs --name chatty printed %q, want lines matching %s", l, line)
 		}
 	}
-	code, out, errOut := ccFollow(t, url, publish, "logs", "--name", "echo", "--count", "2", "-s", url)
-	if code != 0 {
-		t.Fatalf("exit %d: %s", code, errOut)
-	}
-	lines := strings.Split(strings.TrimSpace(out), "\n")
-	if len(lines) != 2 || lines[0] != "03:04:05.000 NODEAAAAAA w1 echo: hello" {
-		t.Fatalf("logs output:\n%s", out)
-	}
 
-	code, out, errOut = ccFollow(t, url, publish, "logs", "--workload", "w2", "--count", "1", "--json", "-s", url)
-	var got logJSON
-	if code != 0 || json.Unmarshal([]byte(out), &got) != nil || got.Name != "other" || got.Text != "not me" {
-		t.Fatalf("logs --json: exit %d, %q, %s", code, out, errOut)
+	// --workload with --json; the command ends by itself after --count lines.
+	code, out, errOut = p.follow(nil, "logs", "--workload", other.ID, "--count", "2", "--json").wait()
+	if code != 0 {
+		t.Fatalf("logs --json: exit %d: %s", code, errOut)
+	}
+	lines := strings.Split(strings.TrimSuffix(out, "\n"), "\n")
+	if len(lines) != 2 {
+		t.Fatalf("logs --count 2 printed %d lines:\n%s", len(lines), out)
+	}
+	for _, l := range lines {
+		var got logJSON
+		if err := json.Unmarshal([]byte(l), &got); err != nil || got.Name != "other" || got.WorkloadID != other.ID ||
+			got.NodeID != n.ID() || got.Namespace != api.DefaultNamespace || got.Timestamp.IsZero() {
+			t.Errorf("logs --json line %q (%v)", l, err)
+		}
 	}
 }
 
 func TestEventsFollowsNamespaceAndSystem(t *testing.T) {
-	url := ccServer(t)
-	publish := func(nc *nats.Conn) {
-		for _, e := range []struct {
-			ns, typ string
-			data    any
-		}{
-			{"other", api.EventWorkloadDeployed, api.WorkloadDeployedEvent{WorkloadName: "nope"}},
-			{"default", api.EventWorkloadDeployed, api.WorkloadDeployedEvent{WorkloadName: "echo", TotalBytes: 42}},
-			{api.SystemNamespace, api.EventNodeStarted, api.NodeStartedEvent{Version: "1.0", ID: "NODEAAAAAAAAAAAA"}},
-		} {
-			raw, _ := json.Marshal(e.data)
-			b, _ := json.Marshal(api.CloudEvent{SpecVersion: "1.0", ID: "x", Source: "NODEAAAAAAAAAAAA", Type: e.typ,
-				Time: time.Now(), DataContentType: "application/json", Data: raw, Namespace: e.ns})
-			nc.Publish(api.EventSubject(e.ns, e.typ), b)
-		}
+	devHome(t)
+	p := startPlane(t)
+	n := p.startNode(withHeartbeat(50 * time.Millisecond))
+	bin := workloadFile(t, "workload")
+	st, err := os.Stat(bin)
+	if err != nil {
+		t.Fatal(err)
 	}
-	code, out, errOut := ccFollow(t, url, publish, "events", "--count", "4", "-s", url)
+	short := shortID(n.ID())
+
+	// The default namespace and node events, not other namespaces.
+	f := p.follow([]string{controlclient.EventFilter{Namespace: api.DefaultNamespace}.Subject(),
+		controlclient.EventFilter{Namespace: api.SystemNamespace}.Subject()}, "events")
+	p.deploy("devrun", bin, "--name", "nope", "--namespace", "other", "--argv", "exit", "--argv", "0")
+	job := p.deploy("devrun", bin, "--name", "job", "--argv", "exit", "--argv", "0")
+	p.mustRun("node", "lameduck", n.ID())
+	f.waitFor(
+		fmt.Sprintf(" default %s workload_deployed total_bytes=%d workload_id=%s workload_name=job\n", short, st.Size(), job.ID),
+		fmt.Sprintf(" default %s workload_undeployed code=0 ", short),
+		fmt.Sprintf(" system %s %s id=%s version=%s\n", short, api.EventLameDuckEntered, n.ID(), testVersion),
+		fmt.Sprintf(" system %s heartbeat ", short),
+	)
+	code, out, errOut := f.stop()
 	if code != 0 {
-		t.Fatalf("exit %d: %s", code, errOut)
+		t.Fatalf("events: exit %d: %s", code, errOut)
 	}
-	if strings.Contains(out, "nope") ||
-		!strings.Contains(out, " default NODEAAAAAA workload_deployed total_bytes=42 workload_name=echo\n") ||
-		!strings.Contains(out, " system NODEAAAAAA node_started id=NODEAAAAAAAAAAAA version=1.0\n") {
-		t.Fatalf("events output:\n%s", out)
+	// nope's workload_deployed went out before job's, on the same connection,
+	// so it would be here by now.
+	if strings.Contains(out, "nope") || strings.Contains(out, " other ") {
+		t.Fatalf("events of namespace other shown:\n%s", out)
 	}
 
-	code, out, errOut = ccFollow(t, url, publish, "events", "--no-system", "--type", api.EventNodeStarted,
-		"--namespace", "*", "--count", "1", "--json", "-s", url)
-	var ev api.CloudEvent
-	if code != 0 || json.Unmarshal([]byte(out), &ev) != nil || ev.Type != api.EventNodeStarted || ev.Namespace != api.SystemNamespace {
-		t.Fatalf("events --json: exit %d, %q, %s", code, out, errOut)
+	// Every namespace, one type, as JSON; it ends by itself after --count.
+	code, out, errOut = p.follow(nil, "events", "--no-system", "--type", api.EventHeartbeat,
+		"--namespace", "*", "--count", "2", "--json").wait()
+	if code != 0 {
+		t.Fatalf("events --json: exit %d: %s", code, errOut)
+	}
+	lines := strings.Split(strings.TrimSuffix(out, "\n"), "\n")
+	if len(lines) != 2 {
+		t.Fatalf("events --count 2 printed %d lines:\n%s", len(lines), out)
+	}
+	for _, l := range lines {
+		var ev api.CloudEvent
+		var hb api.HeartbeatEvent
+		if err := json.Unmarshal([]byte(l), &ev); err != nil || ev.Type != api.EventHeartbeat ||
+			ev.Namespace != api.SystemNamespace || ev.Source != n.ID() ||
+			json.Unmarshal(ev.Data, &hb) != nil || hb.NodeID != n.ID() || hb.Tags[api.TagLameDuck] != "true" {
+			t.Errorf("events --json line %q (%v)", l, err)
+		}
 	}
 }
 

@@ -34,6 +34,7 @@ type workload struct {
 	stopping   bool
 	stopReason string
 	retries    int
+	forgotten  bool // forget ran: it releases the artifact once only
 }
 
 // Deploy implements controlapi.Node.
@@ -191,6 +192,13 @@ func (n *Node) workloadEnded(w *workload, h *sandboxHandle, code int, msg string
 }
 
 func (n *Node) forget(w *workload) {
+	w.mu.Lock()
+	done := w.forgotten
+	w.forgotten = true
+	w.mu.Unlock()
+	if done { // a stop between restarts and the restart loop both get here
+		return
+	}
 	n.mu.Lock()
 	delete(n.workloads, w.id)
 	n.mu.Unlock()
@@ -218,9 +226,24 @@ func (n *Node) restart(w *workload) {
 			n.forget(w)
 			return
 		}
+		// A stop during the backoff found no sandbox to stop: honour it here.
+		w.mu.Lock()
+		stopping = w.stopping
+		w.mu.Unlock()
+		if stopping {
+			n.forget(w)
+			return
+		}
 		ctx, cancel := context.WithTimeout(n.ctx, 2*time.Minute)
 		err := n.start(ctx, w)
 		cancel()
+		w.mu.Lock()
+		stopping, reason := w.stopping, w.stopReason
+		w.mu.Unlock()
+		if err == nil && stopping { // stopped while starting: undo the start
+			n.undeploy(n.ctx, w, reason)
+			return
+		}
 		if err == nil {
 			n.pub.Emit(w.ns, api.EventWorkloadDeployed, api.WorkloadDeployedEvent{WorkloadName: w.name, TotalBytes: w.size, WorkloadID: w.id})
 			return
