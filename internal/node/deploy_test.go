@@ -400,23 +400,28 @@ func TestWorkloadExitAndEssentialRestart(t *testing.T) {
 	hash := h.upload("w", data)
 	evs := h.events("$NEX.events.>")
 
-	// A job that exits with a code: undeployed event carries it; nothing left.
-	run, err := h.deploy(h.deployRequest("job", "w", hash, nil, "exit", "3"))
-	if err != nil {
-		t.Fatal(err)
+	// Jobs that exit at once with a code: the undeployed event carries the
+	// code even when the agent's exit report overtakes its deploy reply.
+	for i := 0; i < 5; i++ {
+		run, err := h.deploy(h.deployRequest("job", "w", hash, nil, "exit", "3"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		var und api.WorkloadUndeployedEvent
+		eventually(t, 10*time.Second, "workload_undeployed", func() bool {
+			return evs.last(api.EventWorkloadUndeployed, &und) && und.WorkloadID == run.ID
+		})
+		if und.Code != 3 {
+			t.Fatalf("job %d: undeployed %+v", i, und)
+		}
+		h.assertClean(t)
 	}
-	var und api.WorkloadUndeployedEvent
-	eventually(t, 10*time.Second, "workload_undeployed", func() bool { return evs.last(api.EventWorkloadUndeployed, &und) })
-	if und.Code != 3 || und.WorkloadID != run.ID {
-		t.Fatalf("undeployed %+v", und)
-	}
-	h.assertClean(t)
 
 	// An essential service survives kill -9 of its process and of its agent.
 	req := h.deployRequest("svc", "w", hash, nil, "echo", "svc.ess")
 	yes := true
 	req.Essential = &yes
-	run, err = h.deploy(req)
+	run, err := h.deploy(req)
 	if err != nil {
 		t.Fatal(err)
 	}

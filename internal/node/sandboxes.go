@@ -313,7 +313,7 @@ func (n *Node) onAgentEvent(m *nats.Msg) {
 	if w == nil || ev.Type != agentapi.EventWorkloadExited {
 		return
 	}
-	go n.workloadEnded(w, h, ev.Code, ev.Message)
+	go n.agentReportedExit(w, h, ev.Code, ev.Message)
 }
 
 // pingAgents pings the agent of every bound sandbox; an agent that misses

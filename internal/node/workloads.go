@@ -35,6 +35,14 @@ type workload struct {
 	stopReason string
 	retries    int
 	forgotten  bool // forget ran: it releases the artifact once only
+	// earlyExit holds an exit the agent reported before start saw the
+	// agent's deploy reply (the two travel on different subscriptions).
+	earlyExit *exitReport
+}
+
+type exitReport struct {
+	code int
+	msg  string
 }
 
 // Deploy implements controlapi.Node.
@@ -65,12 +73,13 @@ func (n *Node) Deploy(ctx context.Context, ns string, req api.DeployRequest) (ap
 	n.workloads[w.id] = w
 	n.mu.Unlock()
 	release := func() {
-		n.mu.Lock()
-		delete(n.workloads, w.id)
-		n.mu.Unlock()
-		if w.artifactPath != "" {
-			n.artifacts.release(w.hash)
+		if w.artifactPath == "" { // nothing acquired yet
+			n.mu.Lock()
+			delete(n.workloads, w.id)
+			n.mu.Unlock()
+			return
 		}
+		n.forget(w)
 	}
 
 	t0 := time.Now()
@@ -104,6 +113,11 @@ func (n *Node) start(ctx context.Context, w *workload) error {
 	h.mu.Lock()
 	h.workload = w
 	h.mu.Unlock()
+	// While starting, w names its sandbox but is not running: workloadEnded
+	// leaves it to this function, which sees every failure itself.
+	w.mu.Lock()
+	w.sandbox, w.running, w.earlyExit = h, false, nil
+	w.mu.Unlock()
 
 	user, pass := n.internal.AddWorkloadUser(w.id)
 	d := agentapi.Deploy{WorkloadID: w.id, Name: w.name, Namespace: w.ns, Type: w.typ, Argv: w.argv, Env: w.env,
@@ -136,7 +150,15 @@ func (n *Node) start(ctx context.Context, w *workload) error {
 	case err != nil && h.sb != nil && isDone(h.sb.Done()):
 		err = fmt.Errorf("sandbox %s died during the deploy: %v", h.id, h.sb.Err())
 	}
+	w.mu.Lock()
+	if err == nil && w.stopping {
+		err = errors.New("stopped while it was being deployed")
+	}
 	if err != nil {
+		if w.sandbox == h {
+			w.sandbox = nil
+		}
+		w.mu.Unlock()
 		h.mu.Lock()
 		h.workload = nil
 		h.mu.Unlock()
@@ -144,10 +166,27 @@ func (n *Node) start(ctx context.Context, w *workload) error {
 		n.internal.RemoveWorkloadUser(w.id)
 		return fmt.Errorf("%w: agent could not start it: %v", ErrSandbox, err)
 	}
-	w.mu.Lock()
-	w.sandbox, w.running = h, true
+	w.running = true
+	early := w.earlyExit
+	w.earlyExit = nil
 	w.mu.Unlock()
+	if early != nil {
+		go n.workloadEnded(w, h, early.code, early.msg)
+	}
 	return nil
+}
+
+// agentReportedExit routes an agent's workload_exited: to workloadEnded
+// once the workload runs, or aside for start to hand on.
+func (n *Node) agentReportedExit(w *workload, h *sandboxHandle, code int, msg string) {
+	w.mu.Lock()
+	if w.sandbox == h && !w.running {
+		w.earlyExit = &exitReport{code: code, msg: msg}
+		w.mu.Unlock()
+		return
+	}
+	w.mu.Unlock()
+	n.workloadEnded(w, h, code, msg)
 }
 
 func isDone(ch <-chan struct{}) bool {
@@ -164,7 +203,9 @@ func isDone(ch <-chan struct{}) bool {
 // workloads that were not stopped on purpose are restarted with backoff.
 func (n *Node) workloadEnded(w *workload, h *sandboxHandle, code int, msg string) {
 	w.mu.Lock()
-	if w.sandbox != h || h == nil {
+	if w.sandbox != h || h == nil || !w.running {
+		// Another report came first, or the workload is still starting
+		// and start will see the failure.
 		w.mu.Unlock()
 		return
 	}
@@ -237,14 +278,7 @@ func (n *Node) restart(w *workload) {
 		ctx, cancel := context.WithTimeout(n.ctx, 2*time.Minute)
 		err := n.start(ctx, w)
 		cancel()
-		w.mu.Lock()
-		stopping, reason := w.stopping, w.stopReason
-		w.mu.Unlock()
-		if err == nil && stopping { // stopped while starting: undo the start
-			n.undeploy(n.ctx, w, reason)
-			return
-		}
-		if err == nil {
+		if err == nil { // (a stop during start makes start fail; the loop then forgets w)
 			n.pub.Emit(w.ns, api.EventWorkloadDeployed, api.WorkloadDeployedEvent{WorkloadName: w.name, TotalBytes: w.size, WorkloadID: w.id})
 			return
 		}
