@@ -150,11 +150,16 @@ var (
 	_ sandbox.Stager  = (*Sandbox)(nil)
 )
 
-// Stage implements sandbox.Stager: a copy (copy_file_range, in the kernel)
-// into the agent's work dir, so the workload can never write to the node's
-// artifact store through a shared inode.
+// Stage implements sandbox.Stager with a hard link when the node's store
+// and the sandbox share a filesystem, else a copy. Sharing the inode gives
+// the workload nothing it lacks: a process sandbox runs as the node's user
+// beside the node's files, and Linux refuses writes to a file being
+// executed.
 func (s *Sandbox) Stage(src, name string) (string, error) {
 	dst := filepath.Join(s.work, ".staged-"+filepath.Base(name))
+	if err := os.Link(src, dst); err == nil {
+		return dst, nil
+	}
 	in, err := os.Open(src)
 	if err != nil {
 		return "", fmt.Errorf("stage artifact: %w", err)

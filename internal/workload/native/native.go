@@ -36,24 +36,39 @@ func (Runtime) Start(ctx context.Context, spec workload.Spec) (workload.Handle, 
 	if argv0 == "" {
 		argv0 = spec.Path
 	}
-	cmd := &exec.Cmd{
-		Path:        spec.Path,
-		Args:        append([]string{argv0}, spec.Args...),
-		Env:         spec.Env,
-		Dir:         spec.Dir,
-		Stdout:      spec.Stdout,
-		Stderr:      spec.Stderr,
-		SysProcAttr: sysProcAttr(),
-		WaitDelay:   outputGrace,
+	env := spec.Env
+	if env == nil {
+		env = []string{} // nil would mean the agent's own environment
 	}
-	if cmd.Env == nil {
-		cmd.Env = []string{} // nil would mean the agent's own environment
+	// "text file busy": some process forked while the file was open for
+	// writing still holds that descriptor until it execs (a known race of
+	// fork/exec in multi-threaded programs); it lets go within moments.
+	var err error
+	for attempt := 0; attempt < 20; attempt++ {
+		cmd := &exec.Cmd{
+			Path:        spec.Path,
+			Args:        append([]string{argv0}, spec.Args...),
+			Env:         env,
+			Dir:         spec.Dir,
+			Stdout:      spec.Stdout,
+			Stderr:      spec.Stderr,
+			SysProcAttr: sysProcAttr(),
+			WaitDelay:   outputGrace,
+		}
+		h := &handle{cmd: cmd, done: make(chan struct{})}
+		if err = h.start(); err == nil {
+			return h, nil
+		}
+		if !errors.Is(err, syscall.ETXTBSY) {
+			break
+		}
+		select {
+		case <-time.After(5 * time.Millisecond):
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
 	}
-	h := &handle{cmd: cmd, done: make(chan struct{})}
-	if err := h.start(); err != nil {
-		return nil, fmt.Errorf("start %s: %w", argv0, err)
-	}
-	return h, nil
+	return nil, fmt.Errorf("start %s: %w", argv0, err)
 }
 
 type handle struct {
