@@ -28,6 +28,28 @@ const (
 const kernelCmdline = "console=ttyS0 quiet panic=-1 reboot=t cryptomgr.notests " +
 	"initcall_blacklist=init_kprobe_trace mitigations=off nokaslr"
 
+// Under TCG every guest instruction is emulated, and some of the kernel's
+// boot work that costs little on hardware costs a lot here (measured with a
+// sampler of the guest's PC, 6.1 cloud kernel):
+//
+//   - noreplace-smp: a kernel that finds one CPU rewrites every LOCK prefix
+//     in its text, each one a text_poke with two page-table switches and a
+//     TLB flush: ≈ 0.35 s. The LOCK prefixes stay; they are cheap.
+//   - noapictimer (one vCPU only, tcgUPCmdline): the local APIC timer's
+//     calibration counts timer ticks for 100 ms and more, and TCG's APIC has
+//     no TSC-deadline mode that would skip it: ≈ 0.3 s. The PIT then drives
+//     the tick, which on one CPU needs no broadcast; guests with more vCPUs
+//     keep their APIC timers.
+const (
+	tcgCmdline   = "noreplace-smp"
+	tcgUPCmdline = "noapictimer"
+)
+
+// tcgCPU is the CPU model under TCG. RDRAND lets the guest kernel's CRNG be
+// ready at once: without it the first getrandom (crypto/rand, in nats.go's
+// package init) waits ≈ 1 s for the kernel to gather jitter entropy.
+const tcgCPU = "qemu64,+rdrand"
+
 // ramFile backs guest RAM with a file so it can be shared by snapshot clones.
 type ramFile struct {
 	Path string
@@ -76,6 +98,8 @@ func (m machine) args() []string {
 		// Only real KVM can pass the host CPU through; under TCG (and on a
 		// PVM nested hypervisor) -cpu host aborts.
 		a = append(a, "-cpu", "host")
+	} else {
+		a = append(a, "-cpu", tcgCPU)
 	}
 	if m.RAM != nil {
 		share := "off"
@@ -86,6 +110,12 @@ func (m machine) args() []string {
 			m.MemoryMiB, qemuOptValue(m.RAM.Path), share))
 	}
 	cmdline := kernelCmdline
+	if m.Accel != accel.KVM {
+		cmdline += " " + tcgCmdline
+		if m.VCPU == 1 {
+			cmdline += " " + tcgUPCmdline
+		}
+	}
 	if m.TSCkHz > 0 {
 		cmdline += " tsc_early_khz=" + strconv.Itoa(m.TSCkHz)
 	}

@@ -29,6 +29,8 @@ func TestArgsGolden(t *testing.T) {
 	}
 	kvm := base
 	kvm.Accel, kvm.VCPU, kvm.MemoryMiB = accel.KVM, 2, 256
+	tcgSMP := base
+	tcgSMP.VCPU = 2
 	template := base
 	template.RAM = &ramFile{Path: "/snap/k1.tmp-1/ram.img", Shared: true}
 	clone := base
@@ -41,7 +43,7 @@ func TestArgsGolden(t *testing.T) {
 	comma.Forwarder = []string{"/opt/my nex,v2/nex", "vm-forward"}
 
 	for name, m := range map[string]machine{
-		"cold_tcg": base, "cold_kvm": kvm, "template": template, "clone": clone,
+		"cold_tcg": base, "cold_kvm": kvm, "cold_tcg_2vcpu": tcgSMP, "template": template, "clone": clone,
 		"no_tsc": noTSC, "comma_in_path": comma,
 	} {
 		t.Run(name, func(t *testing.T) {

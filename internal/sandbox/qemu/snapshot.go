@@ -141,7 +141,8 @@ func removeStaleBuilds(pattern string) {
 }
 
 // templateKey names a template by everything its saved state depends on:
-// the guest image's contents, the QEMU binary, the accelerator and shape.
+// the guest image's contents, the QEMU binary, the accelerator, the shape
+// and the command line.
 func (d *Driver) templateKey(s Shape) (string, error) {
 	inputs, err := d.inputs()
 	if err != nil {
@@ -155,9 +156,14 @@ func (d *Driver) templateKey(s Shape) (string, error) {
 	if err != nil {
 		return "", err
 	}
+	// The command line's machine-wide options (CPU model, kernel command
+	// line, devices) are in the key too: a clone must run on the machine its
+	// template was saved on. Paths and the node's port are not.
+	machineArgs := machine{MemoryMiB: s.MemoryMiB, VCPU: s.VCPU, Accel: d.accel.Accel, TSCkHz: d.tsc,
+		RAM: &ramFile{Path: ramImage}}.args()
 	h := sha256.New()
 	fmt.Fprintln(h, snapshotLayout, inputs, bin, st.Size(), st.ModTime().UnixNano(),
-		d.accel.Accel, d.tsc, s.VCPU, s.MemoryMiB)
+		d.accel.Accel, d.tsc, s.VCPU, s.MemoryMiB, strings.Join(machineArgs, "\x00"))
 	return hex.EncodeToString(h.Sum(nil))[:16], nil
 }
 
