@@ -35,14 +35,13 @@ const kernelCmdline = "console=ttyS0 quiet panic=-1 reboot=t cryptomgr.notests "
 //   - noreplace-smp: a kernel that finds one CPU rewrites every LOCK prefix
 //     in its text, each one a text_poke with two page-table switches and a
 //     TLB flush: ≈ 0.35 s. The LOCK prefixes stay; they are cheap.
-//   - noapictimer (one vCPU only, tcgUPCmdline): the local APIC timer's
-//     calibration counts timer ticks for 100 ms and more, and TCG's APIC has
-//     no TSC-deadline mode that would skip it: ≈ 0.3 s. The PIT then drives
-//     the tick, which on one CPU needs no broadcast; guests with more vCPUs
-//     keep their APIC timers.
+//   - not noapictimer: it saves the APIC timer's calibration (≈ 0.3 s), but
+//     with the PIT driving the tick the booted guest's agent went silent
+//     after its handshake (deploys and pings timed out), so tcgUPCmdline
+//     stays empty.
 const (
 	tcgCmdline   = "noreplace-smp"
-	tcgUPCmdline = "noapictimer"
+	tcgUPCmdline = ""
 )
 
 // tcgCPU is the CPU model under TCG. RDRAND lets the guest kernel's CRNG be
