@@ -18,6 +18,7 @@ import (
 	"github.com/nex-engine/nex/internal/controlclient"
 	"github.com/nex-engine/nex/internal/natsd"
 	"github.com/nex-engine/nex/internal/node/config"
+	"github.com/nex-engine/nex/internal/sandbox"
 	"github.com/nex-engine/nex/internal/sandbox/process"
 	"github.com/nex-engine/nex/internal/sandbox/sandboxtest"
 )
@@ -77,9 +78,21 @@ func quietLog() *slog.Logger {
 	return slog.New(slog.NewTextHandler(io.Discard, nil))
 }
 
+// driverOf is what a harness's driver constructor returns.
+type driverOf = sandbox.Driver
+
 func newHarness(t testing.TB, mutate func(*config.Config)) *harness {
 	t.Helper()
 	nex, _ := binaries(t)
+	return newHarnessWithDriver(t, mutate, func(*config.Config) (driverOf, error) {
+		return process.New(process.Config{AgentBinary: nex, Log: quietLog()})
+	})
+}
+
+// newHarnessWithDriver starts a node on its own embedded control plane with
+// the driver newDriver makes from the final config.
+func newHarnessWithDriver(t testing.TB, mutate func(*config.Config), newDriver func(*config.Config) (driverOf, error)) *harness {
+	t.Helper()
 	cp, err := natsd.StartControlPlane(natsd.ControlPlaneOptions{Port: -1, StoreDir: t.TempDir()})
 	if err != nil {
 		t.Fatal(err)
@@ -105,7 +118,7 @@ func newHarness(t testing.TB, mutate func(*config.Config)) *harness {
 	if err != nil {
 		t.Fatal(err)
 	}
-	drv, err := process.New(process.Config{AgentBinary: nex, Log: quietLog()})
+	drv, err := newDriver(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}

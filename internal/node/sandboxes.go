@@ -342,6 +342,12 @@ func (n *Node) pingAgents() {
 			if w == nil || gone {
 				continue
 			}
+			w.mu.Lock()
+			running := w.running && w.sandbox == h
+			w.mu.Unlock()
+			if !running { // still starting: start's own timeout covers it
+				continue
+			}
 			ctx, cancel := context.WithTimeout(n.ctx, min(every, 2*time.Second))
 			var r agentapi.Reply
 			err := h.request(ctx, agentapi.PingSubject(h.id), struct{}{}, &r)

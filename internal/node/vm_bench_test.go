@@ -1,0 +1,90 @@
+package node
+
+import (
+	"context"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/nex-engine/nex/internal/guestimage"
+	"github.com/nex-engine/nex/internal/node/config"
+	"github.com/nex-engine/nex/internal/sandbox/qemu"
+)
+
+// BenchmarkVMDeployToFirstReply is BenchmarkDeployToFirstReply with the
+// qemu driver: DEPLOY sent → first answer from the echo workload running in
+// a warm microVM (TCG here). snapshot=true fills the pool with clones.
+func BenchmarkVMDeployToFirstReply(b *testing.B) {
+	if os.Getenv("NEX_VM_TESTS") != "1" {
+		b.Skip("microVM benchmark: set NEX_VM_TESTS=1")
+	}
+	if _, err := exec.LookPath("qemu-system-x86_64"); err != nil {
+		b.Skip("qemu-system-x86_64 is not installed")
+	}
+	nex, wl := binaries(b)
+	cache := os.Getenv("NEX_CACHE_DIR")
+	if cache == "" {
+		d, _ := os.UserCacheDir()
+		cache = filepath.Join(d, "nex")
+	}
+	img, err := guestimage.Build(context.Background(), guestimage.Options{CacheDir: filepath.Join(cache, "images"), Agent: nex})
+	if err != nil {
+		b.Fatal(err)
+	}
+	for _, snap := range []bool{false, true} {
+		b.Run("snapshot="+strconv.FormatBool(snap), func(b *testing.B) {
+			// unix socket paths must fit 108 bytes: keep the state dir short.
+			short, err := os.MkdirTemp("", "nexvm")
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer os.RemoveAll(short)
+			h := newHarnessWithDriver(b, func(c *config.Config) {
+				c.DataDir, c.StateDir = short, filepath.Join(short, "state")
+				n := 2
+				c.MachinePoolSize = &n
+				c.HandshakeTimeout = config.Duration(3 * time.Minute)
+			}, func(c *config.Config) (driverOf, error) {
+				return qemu.New(qemu.Config{Kernel: img.Kernel, Initrd: img.Initrd, Forwarder: []string{nex, qemu.ForwardSubcommand},
+					Snapshot: snap, SnapshotDir: filepath.Join(c.DataDir, "snapshots"), Log: quietLog()})
+			})
+			defer func() { _ = h.node.Stop(h.ctx()) }()
+			data, _ := os.ReadFile(wl)
+			hash := h.upload("echo", data)
+			var lat []time.Duration
+			for i := 0; i < b.N; i++ {
+				ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+				if err := h.node.pool.Wait(ctx, 2); err != nil {
+					b.Fatal(err)
+				}
+				cancel()
+				subject := "vmbench.echo." + strconv.Itoa(i)
+				req := h.deployRequest("echo", "echo", hash, nil, "echo", subject)
+				start := time.Now()
+				run, err := h.deploy(req)
+				if err != nil {
+					b.Fatal(err)
+				}
+				for {
+					if m, err := h.nc.Request(subject, nil, 200*time.Millisecond); err == nil && len(m.Data) > 0 {
+						break
+					}
+					if time.Since(start) > time.Minute {
+						b.Fatal("no echo from the VM")
+					}
+				}
+				lat = append(lat, time.Since(start))
+				h.node.mu.Lock()
+				w := h.node.workloads[run.ID]
+				h.node.mu.Unlock()
+				h.node.undeploy(h.ctx(), w, "benchmark")
+			}
+			b.ReportMetric(float64(percentile(lat, 0.5).Microseconds())/1000, "p50-ms")
+			b.ReportMetric(float64(percentile(lat, 0.99).Microseconds())/1000, "p99-ms")
+			b.ReportMetric(0, "ns/op")
+		})
+	}
+}
