@@ -16,6 +16,7 @@ import (
 	"time"
 	"unsafe"
 
+	"github.com/nats-io/nkeys"
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
@@ -81,6 +82,8 @@ type vm struct {
 	via string
 	// agent is the agent child, started before the config is asked for.
 	agent *child
+	// workloads is where workloads find NATS (agentapi.WorkloadNATSAddr).
+	workloads net.Listener
 }
 
 // bootSteps is what PID 1 does, in order, until the agent has its identity.
@@ -101,12 +104,16 @@ func (v *vm) bootSteps() []step {
 		step{name: "load modules", run: v.loadModules},
 		step{name: "loopback up", run: linkUp("lo")},
 		step{name: "network " + guestEth, run: v.network},
+		step{name: "listen for workloads", run: v.listenWorkloads},
+		step{name: "warm up", run: v.warmUp, optional: true},
 		step{name: "agent initialized", run: v.awaitAgent},
 		step{name: "config", run: v.config},
 		step{name: "set clock", run: v.setClock, optional: true},
 		step{name: "seed entropy", run: v.seedEntropy, optional: true},
-		step{name: "agent identity", run: v.handOver},
 		step{name: "nats forwarder", run: v.startForwarder},
+		// Last: once the child has its identity it races to the node,
+		// and init should then keep off the (single) CPU.
+		step{name: "agent identity", run: v.handOver},
 	)
 }
 
@@ -322,23 +329,65 @@ func (v *vm) seedEntropy(context.Context) error {
 	return nil
 }
 
-// startForwarder listens where workloads look for NATS and forwards to the
-// node's address as the guest reaches it.
+// listenWorkloads listens where workloads look for NATS. It needs no
+// identity, so it happens before a snapshot: a clone does not pay for it.
+func (v *vm) listenWorkloads(context.Context) error {
+	ln, err := net.Listen("tcp", agentapi.WorkloadNATSAddr)
+	if err != nil {
+		return err
+	}
+	v.workloads = ln
+	return nil
+}
+
+// startForwarder forwards the workloads' connections to the node's address
+// as the guest reaches it (nothing connects before the agent has
+// handshaken, so the connections of a template never come).
 func (v *vm) startForwarder(ctx context.Context) error {
 	dial, err := nodeDial(v.cfg.Metadata.NATSURL)
 	if err != nil {
 		return err
 	}
-	ln, err := net.Listen("tcp", agentapi.WorkloadNATSAddr)
-	if err != nil {
-		return err
-	}
 	go func() {
-		if err := forward(ctx, ln, dial, v.log); err != nil {
+		if err := forward(ctx, v.workloads, dial, v.log); err != nil {
 			v.log.Error("nats forwarder", keyError, err)
 		}
 	}()
 	return nil
+}
+
+// warmUp fills, before init says it is ready, the caches init's own code
+// builds on first use once the config arrives: encoding/json's codecs of
+// the config and the metadata. They are memory, so a snapshot template
+// holds them. A clone must translate again (TCG) all the code it runs, and
+// first runs are what cost most under emulation, but it need not also
+// rebuild what is already there.
+func (v *vm) warmUp(context.Context) error {
+	b, err := json.Marshal(agentapi.VMConfig{
+		Metadata: agentapi.Metadata{SandboxID: "warm-up", NATSURL: "nats://" + agentapi.GuestNATSAddr, Seed: "SU"},
+		Now:      time.Now(),
+		Entropy:  make([]byte, 64),
+	})
+	if err != nil {
+		return err
+	}
+	var cfg agentapi.VMConfig
+	return json.Unmarshal(b, &cfg)
+}
+
+// warmAgent is warmUp for the agent child, whose first steps with its
+// identity need ed25519's base-point table (deriving its nkey, signing the
+// server's nonce) and the JSON codecs of its handshake. The key is a
+// throwaway one.
+func warmAgent() {
+	if kp, err := nkeys.FromRawSeed(nkeys.PrefixByteUser, make([]byte, 32)); err == nil {
+		_, _ = kp.Sign([]byte("warm-up"))
+	}
+	b, _ := json.Marshal(agentapi.Handshake{StartedAt: time.Now()})
+	var m agentapi.Metadata
+	_ = json.Unmarshal(b, &m)
+	var r agentapi.HandshakeReply
+	_ = json.Unmarshal(b, &r)
 }
 
 func initMain(log *slog.Logger) {
@@ -540,13 +589,18 @@ func uptime(proc string) time.Duration {
 // agentMain is the agent child: metadata from fd 3, then agent.Run.
 func agentMain(log *slog.Logger) int {
 	os.Unsetenv(roleEnv)
+	// Everything that needs no identity happens before the child says it is
+	// ready, so a snapshot template has done it for its clones.
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
+	defer stop()
+	if err := os.MkdirAll(workDir, 0o755); err != nil {
+		log.Error("work dir", keyError, err)
+		return 2
+	}
+	warmAgent()
 	m, err := receiveMetadata(os.NewFile(metaFD, "init"))
 	if err != nil {
 		log.Error("metadata", keyError, err)
-		return 2
-	}
-	if err := os.MkdirAll(workDir, 0o755); err != nil {
-		log.Error("work dir", keyError, err)
 		return 2
 	}
 	dialer, err := natsDialer(m.NATSURL)
@@ -554,8 +608,6 @@ func agentMain(log *slog.Logger) int {
 		log.Error("nats url", keyError, err)
 		return 2
 	}
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
-	defer stop()
 	err = agent.Run(ctx, agent.Options{
 		Meta:             m,
 		Log:              log,
