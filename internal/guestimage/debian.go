@@ -20,6 +20,8 @@ type kernelFiles struct {
 	Image   string
 	Modules string
 	Version string
+	// Config is the kernel's build configuration, when known.
+	Config string
 }
 
 // debianKernelMeta is the metapackage that depends on the current cloud
@@ -119,7 +121,11 @@ func unpackedKernel(root string) (kernelFiles, error) {
 	for _, m := range []string{"lib/modules", "usr/lib/modules"} {
 		dir := filepath.Join(root, m, ver)
 		if st, err := os.Stat(dir); err == nil && st.IsDir() {
-			return kernelFiles{Image: imgs[0], Modules: dir, Version: ver}, nil
+			kf := kernelFiles{Image: imgs[0], Modules: dir, Version: ver}
+			if c := filepath.Join(root, "boot", "config-"+ver); exists(c) {
+				kf.Config = c
+			}
+			return kf, nil
 		}
 	}
 	return kernelFiles{}, fmt.Errorf("%s: no lib/modules/%s", root, ver)

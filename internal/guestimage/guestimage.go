@@ -123,13 +123,22 @@ func Build(ctx context.Context, o Options) (Image, error) {
 	}
 	modData := make([][]byte, len(mods))
 	var modNames []string
+	unsigned := signaturesOptional(kf.Config)
 	for i, m := range mods {
 		if modData[i], err = os.ReadFile(m.Path); err != nil {
 			return Image{}, fmt.Errorf("guest image: read module: %w", err)
 		}
+		if unsigned && moduleExt(m.Path) == ".ko" {
+			if modData[i], err = stripSignature(modData[i]); err != nil {
+				return Image{}, fmt.Errorf("guest image: module %s: %w", m.Path, err)
+			}
+		}
 		modNames = append(modNames, m.File())
 	}
 	progress("modules: " + strings.Join(modNames, " "))
+	if unsigned {
+		progress("modules: signatures dropped (the kernel does not require them; checking them is slow under emulation)")
+	}
 
 	hash := imageHash(kernel, agent, modNames, modData)
 	img := Image{

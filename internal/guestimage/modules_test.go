@@ -196,3 +196,52 @@ func TestResolveModulesBuiltinAndMissing(t *testing.T) {
 		t.Fatalf("missing wanted module: err = %v", err)
 	}
 }
+
+// signed appends a signature as the kernel's sign-file does: the signature,
+// struct module_signature (its last four bytes: the signature's length,
+// big-endian), the marker.
+func signed(ko, sig []byte) []byte {
+	info := make([]byte, 12)
+	info[2] = 2 // id_type PKEY_ID_PKCS7
+	binary.BigEndian.PutUint32(info[8:], uint32(len(sig)))
+	out := append(append(append([]byte(nil), ko...), sig...), info...)
+	return append(out, moduleSigMagic...)
+}
+
+func TestStripSignature(t *testing.T) {
+	ko := append([]byte("\x7fELF"), bytes.Repeat([]byte{7}, 100)...)
+	got, err := stripSignature(signed(ko, bytes.Repeat([]byte{0xa5}, 681)))
+	if err != nil || !bytes.Equal(got, ko) {
+		t.Fatalf("stripSignature = %d bytes, %v; want the %d bytes of the module", len(got), err, len(ko))
+	}
+	if got, err := stripSignature(ko); err != nil || !bytes.Equal(got, ko) {
+		t.Fatalf("unsigned module changed: %d bytes, %v", len(got), err)
+	}
+	bad := signed(ko, nil)
+	binary.BigEndian.PutUint32(bad[len(bad)-len(moduleSigMagic)-4:], 1<<20)
+	if _, err := stripSignature(bad); err == nil {
+		t.Fatal("a signature longer than the module was accepted")
+	}
+	if _, err := stripSignature([]byte("xx" + moduleSigMagic)); err == nil {
+		t.Fatal("a truncated signature block was accepted")
+	}
+}
+
+func TestSignaturesOptional(t *testing.T) {
+	dir := t.TempDir()
+	write := func(name, body string) string {
+		p := filepath.Join(dir, name)
+		os.WriteFile(p, []byte(body), 0o644)
+		return p
+	}
+	debian := write("debian", "CONFIG_MODULE_SIG=y\n# CONFIG_MODULE_SIG_FORCE is not set\n")
+	forced := write("forced", "CONFIG_MODULE_SIG=y\nCONFIG_MODULE_SIG_FORCE=y\n")
+	for _, tt := range []struct {
+		path string
+		want bool
+	}{{debian, true}, {forced, false}, {"", false}, {filepath.Join(dir, "absent"), false}} {
+		if got := signaturesOptional(tt.path); got != tt.want {
+			t.Errorf("signaturesOptional(%q) = %v, want %v", tt.path, got, tt.want)
+		}
+	}
+}
