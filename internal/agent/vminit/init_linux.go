@@ -243,7 +243,6 @@ func (v *vm) config(ctx context.Context) error {
 		cfg, err := v.configFromPort(ctx)
 		if err == nil {
 			v.cfg, v.via = cfg, "config port"
-			v.log.Info("config", "via", v.via, "sandbox", cfg.Metadata.SandboxID)
 			return nil
 		}
 		portErr = err
@@ -256,7 +255,6 @@ func (v *vm) config(ctx context.Context) error {
 		return err
 	}
 	v.cfg, v.via = cfg, "kernel command line"
-	v.log.Info("config", "via", v.via, "sandbox", cfg.Metadata.SandboxID)
 	return nil
 }
 
@@ -408,7 +406,8 @@ func initMain(log *slog.Logger) {
 	// Kernel time before init and init's own time, for boot tuning.
 	up := uptime(v.p.proc)
 	took := time.Since(start)
-	log.Info("booted", "kernel", (up - took).Round(time.Millisecond), "init", took.Round(time.Millisecond))
+	log.Info("booted", "sandbox", v.cfg.Metadata.SandboxID, "via", v.via,
+		"kernel", (up - took).Round(time.Millisecond), "init", took.Round(time.Millisecond))
 
 	// A SIGTERM to init (nothing sends one today; a shutdown inside the
 	// guest would) stops the agent gracefully; init powers off once it has.
