@@ -154,7 +154,7 @@ func boot(tb testing.TB, qemu string, img guestimage.Image, n node, id string, v
 	// The options the QEMU driver gives a one-vCPU TCG guest (see
 	// internal/sandbox/qemu/args.go for why each is there).
 	cmdline := fmt.Sprintf("console=ttyS0 quiet panic=-1 reboot=t tsc_early_khz=%d cryptomgr.notests "+
-		"initcall_blacklist=init_kprobe_trace mitigations=off nokaslr noreplace-smp noapictimer%s", hostTSCkHz(tb), debugArg())
+		"initcall_blacklist=init_kprobe_trace mitigations=off nokaslr noreplace-smp%s", hostTSCkHz(tb), debugArg())
 	args := []string{
 		// RDRAND lets the guest kernel's CRNG be ready at once: without it
 		// the first getrandom (crypto/rand, in nats.go's package init) waits
