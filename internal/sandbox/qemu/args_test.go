@@ -22,6 +22,7 @@ func TestArgsGolden(t *testing.T) {
 		MemoryMiB: 128,
 		VCPU:      1,
 		Accel:     accel.TCG,
+		TBSizeMiB: 64,
 		TSCkHz:    2445404,
 		NATSHost:  "127.0.0.1",
 		NATSPort:  41339,

@@ -159,8 +159,9 @@ func (d *Driver) templateKey(s Shape) (string, error) {
 	// The command line's machine-wide options (CPU model, kernel command
 	// line, devices) are in the key too: a clone must run on the machine its
 	// template was saved on. Paths and the node's port are not.
-	machineArgs := machine{MemoryMiB: s.MemoryMiB, VCPU: s.VCPU, Accel: d.accel.Accel, TSCkHz: d.tsc,
-		RAM: &ramFile{Path: ramImage}}.args()
+	m := d.newVM("", "", s).mach
+	m.Kernel, m.Initrd, m.Forwarder, m.RAM = "", "", nil, &ramFile{Path: ramImage}
+	machineArgs := m.args()
 	h := sha256.New()
 	fmt.Fprintln(h, snapshotLayout, inputs, bin, st.Size(), st.ModTime().UnixNano(),
 		d.accel.Accel, d.tsc, s.VCPU, s.MemoryMiB, strings.Join(machineArgs, "\x00"))

@@ -69,6 +69,7 @@ func (d *Driver) newVM(id, dir string, s Shape) *vm {
 			MemoryMiB: s.MemoryMiB,
 			VCPU:      s.VCPU,
 			Accel:     d.accel.Accel,
+			TBSizeMiB: tbSizeMiB,
 			TSCkHz:    d.tsc,
 			Forwarder: d.cfg.Forwarder,
 		},
