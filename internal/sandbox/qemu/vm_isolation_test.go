@@ -13,6 +13,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
+
 	"github.com/nex-engine/nex/internal/agentapi"
 	"github.com/nex-engine/nex/internal/sandbox"
 	"github.com/nex-engine/nex/internal/sandbox/sandboxtest"
@@ -162,9 +164,11 @@ func netprobe(t *testing.T) string {
 
 // TestClonesGetOwnIdentity restores two clones of one template: each
 // handshakes as itself (its agent connected with its own nkey, which the
-// internal server checks against its sandbox id), with the host's clock
-// rather than the template's, and neither wrote anything into the shared RAM
-// file, which holds no credentials.
+// internal server checks against its sandbox id) from an inbox of its own,
+// with the host's clock rather than the template's, its workloads read
+// randomness no other clone reads, and neither wrote anything into the
+// shared RAM file, which holds no credentials. The template's agent had
+// started (and seeded whatever it seeds at start-up) before it was saved.
 func TestClonesGetOwnIdentity(t *testing.T) {
 	requireVM(t)
 	a := vmSetup(t)
@@ -187,6 +191,25 @@ func TestClonesGetOwnIdentity(t *testing.T) {
 
 	h := sandboxtest.NewHarness(t)
 	agents := []*sandboxtest.Agent{h.AddAgent("clonea"), h.AddAgent("cloneb")}
+	// The node's view of where each clone wants its handshake answered.
+	var mu sync.Mutex
+	replyTo := map[string]string{}
+	for _, ag := range agents {
+		sub, err := h.Node.Subscribe(agentapi.HandshakeSubject(ag.ID), func(m *nats.Msg) {
+			mu.Lock()
+			defer mu.Unlock()
+			if replyTo[ag.ID] == "" {
+				replyTo[ag.ID] = m.Reply
+			}
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = sub.Unsubscribe() })
+	}
+	if err := h.Node.Flush(); err != nil {
+		t.Fatal(err)
+	}
 	started := time.Now()
 	var wg sync.WaitGroup
 	for _, ag := range agents {
@@ -206,6 +229,38 @@ func TestClonesGetOwnIdentity(t *testing.T) {
 				ag.ID, hs.StartedAt.Format(time.RFC3339Nano), started.Format(time.RFC3339Nano))
 		}
 	}
+	mu.Lock()
+	if a, b := replyTo["clonea"], replyTo["cloneb"]; a == b ||
+		!strings.HasPrefix(a, agentapi.InboxPrefix("clonea")+".") || !strings.HasPrefix(b, agentapi.InboxPrefix("cloneb")+".") {
+		t.Errorf("handshake inboxes %q and %q: want one of each clone's own", a, b)
+	}
+	mu.Unlock()
+
+	probe, err := os.ReadFile(netprobe(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	random := map[string]string{}
+	for _, ag := range agents {
+		r, err := ag.Deploy(ctx, agentapi.Deploy{WorkloadID: "rand", Name: "netprobe", Namespace: "default",
+			Type: "native", Argv: []string{"rand/"}}, probe)
+		if err != nil || !r.OK {
+			t.Fatalf("deploy probe in %s: %+v, %v", ag.ID, r, err)
+		}
+		if err := ag.WaitLog(ctx, "stdout", "probes done"); err != nil {
+			t.Fatal(err)
+		}
+		for _, l := range ag.Logs() {
+			if v, ok := strings.CutPrefix(l.Text, "probe rand/ "); ok && l.Stream == "stdout" {
+				random[ag.ID] = v
+			}
+		}
+	}
+	t.Logf("handshake inboxes %v; crypto/rand %v", replyTo, random)
+	if a, b := random["clonea"], random["cloneb"]; len(a) != 32 || a == b {
+		t.Errorf("crypto/rand in the clones' workloads: %q and %q; want 16 bytes each, different", a, b)
+	}
+
 	if after := fileSum(t, tmpl.ram); after != ramBefore {
 		t.Errorf("the template's RAM file changed while clones ran")
 	}

@@ -2,12 +2,15 @@
 // each address it is given and prints one line per try,
 // "probe <network>/<addr> <open|closed: reason>", then "probes done".
 // An open TCP address must also greet it (a NATS server sends INFO first)
-// for the probe to count as open. It then waits to be stopped, so its output
-// never races its own exit.
+// for the probe to count as open. The target "rand/" prints 16 bytes of
+// crypto/rand in hex instead (the snapshot test compares clones'). It then
+// waits to be stopped, so its output never races its own exit.
 package main
 
 import (
 	"bufio"
+	"crypto/rand"
+	"encoding/hex"
 	"fmt"
 	"net"
 	"os"
@@ -29,6 +32,13 @@ func main() {
 }
 
 func probe(network, addr string) string {
+	if network == "rand" {
+		b := make([]byte, 16)
+		if _, err := rand.Read(b); err != nil {
+			return "error: " + err.Error()
+		}
+		return hex.EncodeToString(b)
+	}
 	c, err := net.DialTimeout(network, addr, 3*time.Second)
 	if err != nil {
 		return "closed: " + err.Error()
