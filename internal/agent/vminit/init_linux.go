@@ -17,7 +17,6 @@ import (
 	"unsafe"
 
 	"github.com/nats-io/nkeys"
-	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
 	"github.com/nex-engine/nex/internal/agent"
@@ -193,13 +192,7 @@ func loadModule(path string) error {
 }
 
 func linkUp(name string) func(context.Context) error {
-	return func(context.Context) error {
-		l, err := netlink.LinkByName(name)
-		if err != nil {
-			return err
-		}
-		return netlink.LinkSetUp(l)
-	}
+	return func(context.Context) error { return ifUp(name) }
 }
 
 // network gives the guest its fixed address on QEMU's user-mode network.
@@ -213,26 +206,24 @@ func (v *vm) network(ctx context.Context) error {
 	defer cancel()
 	t := time.NewTicker(pollEvery)
 	defer t.Stop()
-	var link netlink.Link
 	for {
-		var err error
-		if link, err = netlink.LinkByName(guestEth); err == nil {
+		ok, err := ifExists(guestEth)
+		if ok {
 			break
+		}
+		if err != nil {
+			return err
 		}
 		select {
 		case <-ctx.Done():
-			return fmt.Errorf("%s did not appear: %w", guestEth, err)
+			return fmt.Errorf("%s did not appear: %w", guestEth, ctx.Err())
 		case <-t.C:
 		}
 	}
-	addr, err := netlink.ParseAddr(fmt.Sprintf("%s/%d", agentapi.GuestIP, agentapi.GuestNetmask))
-	if err != nil {
+	if err := ifAddr(guestEth, net.ParseIP(agentapi.GuestIP), agentapi.GuestNetmask); err != nil {
 		return err
 	}
-	if err := netlink.AddrAdd(link, addr); err != nil && !errors.Is(err, unix.EEXIST) {
-		return fmt.Errorf("address %s: %w", addr, err)
-	}
-	return netlink.LinkSetUp(link)
+	return ifUp(guestEth)
 }
 
 // config learns the VM's identity: from the host over the config port when

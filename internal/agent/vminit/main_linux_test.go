@@ -26,9 +26,12 @@ import (
 //     QEMU's chardev form of guestfwd carries only one connection, made when
 //     QEMU starts, so the per-connection command form is the one that works.
 //   - reapRole: the processes of TestReapUntil.
+//   - netifRole: TestInterfaceSetup's process, in a network namespace of
+//     its own.
 const (
 	ForwardArg = "vmtest-forward"
 	reapRole   = "VMINIT_TEST_REAP_ROLE"
+	netifRole  = "VMINIT_TEST_NETIF"
 )
 
 func TestMain(m *testing.M) {
@@ -38,6 +41,9 @@ func TestMain(m *testing.M) {
 	}
 	if role := os.Getenv(reapRole); role != "" {
 		os.Exit(reapHelper(role))
+	}
+	if os.Getenv(netifRole) != "" {
+		os.Exit(netifHelper())
 	}
 	os.Exit(m.Run())
 }
@@ -149,4 +155,57 @@ func withoutRole() []string {
 		}
 	}
 	return env
+}
+
+// TestInterfaceSetup brings an interface up and addresses it the way init
+// does eth0, in a network namespace of the test's own (only its loopback
+// is there; the host's namespace is left alone).
+func TestInterfaceSetup(t *testing.T) {
+	if ok, err := ifExists("no-such-if0"); ok || err != nil {
+		t.Fatalf("ifExists(no-such-if0) = %v, %v", ok, err)
+	}
+	cmd := exec.Command(os.Args[0], "-test.run=^$")
+	cmd.Env = append(os.Environ(), netifRole+"=1")
+	cmd.SysProcAttr = &syscall.SysProcAttr{Cloneflags: syscall.CLONE_NEWNET}
+	out, err := cmd.CombinedOutput()
+	if errors.Is(err, syscall.EPERM) {
+		t.Skip("no new network namespace for this user")
+	}
+	if err != nil {
+		t.Fatalf("%v\n%s", err, out)
+	}
+	t.Logf("%s", out)
+}
+
+func netifHelper() int {
+	if ok, err := ifExists("lo"); !ok {
+		fmt.Println("lo missing:", err)
+		return 1
+	}
+	if err := ifAddr("lo", net.ParseIP("10.0.2.15"), 24); err != nil {
+		fmt.Println(err)
+		return 1
+	}
+	if err := ifUp("lo"); err != nil {
+		fmt.Println(err)
+		return 1
+	}
+	lo, err := net.InterfaceByName("lo")
+	if err != nil {
+		fmt.Println(err)
+		return 1
+	}
+	addrs, _ := lo.Addrs()
+	fmt.Println("lo:", lo.Flags, addrs)
+	if lo.Flags&net.FlagUp == 0 {
+		fmt.Println("lo is not up")
+		return 1
+	}
+	for _, a := range addrs {
+		if a.String() == "10.0.2.15/24" {
+			return 0
+		}
+	}
+	fmt.Println("10.0.2.15/24 not on lo")
+	return 1
 }
