@@ -22,7 +22,6 @@ import (
 	"log/slog"
 	"net"
 	"net/url"
-	"os"
 	"os/exec"
 	"strconv"
 	"time"
@@ -94,7 +93,7 @@ type Driver struct {
 	cfg Config
 	log *slog.Logger
 	// minMemMiB is the least guest RAM that boots this image (see
-	// minMemoryMiB).
+	// sandbox.MinGuestMemoryMiB).
 	minMemMiB int
 }
 
@@ -117,7 +116,7 @@ func New(c Config) (*Driver, error) {
 	if c.Log == nil {
 		c.Log = slog.Default()
 	}
-	return &Driver{cfg: c, log: c.Log.With("driver", "firecracker"), minMemMiB: minMemoryMiB(c.Initrd)}, nil
+	return &Driver{cfg: c, log: c.Log.With("driver", "firecracker"), minMemMiB: sandbox.MinGuestMemoryMiB(c.Initrd)}, nil
 }
 
 // Name is the driver's config name.
@@ -190,25 +189,6 @@ func (d *Driver) size(spec sandbox.Spec) MachineConfig {
 		m.MemSizeMiB = d.minMemMiB
 	}
 	return m
-}
-
-// Guest RAM the kernel and a Go agent need besides the initramfs: the 6.1
-// cloud kernel keeps ≈ 45 MiB, the agent and its workload need the rest
-// (the qemu driver's measurement: a 23 MiB initramfs boots in 128 MiB, a
-// 33 MiB one does not).
-const baseMemoryMiB = 80
-
-// minMemoryMiB is the smallest guest that can unpack initrd: the kernel
-// keeps the archive in RAM while it unpacks it, so a big /init needs twice
-// its size on top of the kernel's own (the same floor the qemu driver
-// applies; below it the guest boots without /init's modules).
-func minMemoryMiB(initrd string) int {
-	st, err := os.Stat(initrd)
-	if err != nil {
-		return 0
-	}
-	mib := int((2*st.Size())>>20) + baseMemoryMiB
-	return (mib + 15) / 16 * 16
 }
 
 // binary resolves the VMM executable.

@@ -138,7 +138,7 @@ func New(c Config) (*Driver, error) {
 		tsc:       hostTSCkHz(),
 		templates: map[Shape]*templateEntry{},
 	}
-	d.minMemMiB = minMemoryMiB(c.Initrd)
+	d.minMemMiB = sandbox.MinGuestMemoryMiB(c.Initrd)
 	d.accel = accel.Detect()
 	if c.Accel != "" && c.Accel != d.accel.Accel {
 		d.accel = accel.Choice{Accel: c.Accel, Reason: fmt.Sprintf("forced by config (detection said: %s)", d.accel.Reason)}
@@ -179,24 +179,6 @@ func (d *Driver) shapeOf(spec sandbox.Spec) Shape {
 		s.MemoryMiB = d.minMemMiB
 	}
 	return s
-}
-
-// Guest RAM the kernel and a Go agent need besides the initramfs: the 6.1
-// cloud kernel keeps ≈ 45 MiB, the agent and its workload need the rest.
-// Measured: a 23 MiB initramfs boots in 128 MiB, a 33 MiB one does not.
-const baseMemoryMiB = 80
-
-// minMemoryMiB is the smallest guest that can unpack initrd: the archive and
-// its unpacked copy are both in RAM until the archive is freed (with
-// -m 128 and a 33 MiB initrd the kernel reports "Initramfs unpacking
-// failed: write error" and boots without /init's modules).
-func minMemoryMiB(initrd string) int {
-	st, err := os.Stat(initrd)
-	if err != nil {
-		return 0
-	}
-	mib := int((2*st.Size())>>20) + baseMemoryMiB
-	return (mib + 15) / 16 * 16
 }
 
 // Start boots a sandbox (or restores a clone of its shape's template when
