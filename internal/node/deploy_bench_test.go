@@ -21,8 +21,19 @@ func percentile(d []time.Duration, p float64) time.Duration {
 // BenchmarkDeployToFirstReply measures DEPLOY sent → first answer from the
 // deployed echo service, with a warm pool (the process driver). Each
 // iteration deploys, waits for the echo, then stops the workload and lets
-// the pool refill outside the timed part. Reports p50/p99 in ms.
+// the pool refill outside the timed part. Reports p50/p99 in ms, once with
+// the refill a deploy causes started at once and once with the node's
+// refillDelay, in the same run.
 func BenchmarkDeployToFirstReply(b *testing.B) {
+	saved := refillDelay
+	defer func() { refillDelay = saved }()
+	for _, d := range []time.Duration{0, saved} {
+		refillDelay = d
+		b.Run("refill_delay="+d.String(), benchmarkDeployToFirstReply)
+	}
+}
+
+func benchmarkDeployToFirstReply(b *testing.B) {
 	h := newHarness(b, func(c *config.Config) {
 		n := 4
 		c.MachinePoolSize = &n

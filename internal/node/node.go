@@ -35,6 +35,12 @@ const (
 	keyNS       = "namespace"
 )
 
+// refillDelay holds back the pool refill a deploy causes: a process
+// workload needs ≈ 5–10 ms to start and answer, and a new agent starting on
+// the same cores at that moment delays it (docs/BENCHMARKS.md). A variable
+// so the benchmark can compare it with an immediate refill.
+var refillDelay = 50 * time.Millisecond
+
 // Options are what a node is made of besides its config.
 type Options struct {
 	Config   *config.Config
@@ -162,7 +168,10 @@ func (n *Node) Start() error {
 	n.pool = pool.New(n.newSandbox, pool.Options{
 		Target:   n.cfg.PoolSize(),
 		Parallel: max(2, runtime.NumCPU()),
-		Log:      n.log,
+		// A deployed workload starts in the sandbox just taken; the refill's
+		// new sandbox would compete with it for the CPU at that moment.
+		RefillDelay: refillDelay,
+		Log:         n.log,
 	})
 	n.api = controlapi.New(n.o.Control, n, n.log)
 	if err := n.api.Start(); err != nil {

@@ -28,6 +28,10 @@ type Options struct {
 	Log                    *slog.Logger
 	// OnFailure is called for every failed start (events, metrics).
 	OnFailure func(err error)
+	// RefillDelay defers the refill that a Take causes, so the new member's
+	// start does not compete for the CPU with whatever the taker starts in
+	// the member it took. The refill starts at once if someone is waiting.
+	RefillDelay time.Duration
 }
 
 // Status is a snapshot of the pool.
@@ -50,6 +54,8 @@ type Pool[M comparable] struct {
 	lastErr  error
 	changed  chan struct{} // closed and replaced on every change
 	closed   bool
+	// deferUntil holds refills back after a Take (Options.RefillDelay).
+	deferUntil time.Time
 
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -114,6 +120,11 @@ func (p *Pool[M]) refill() {
 				p.mu.Unlock()
 				break
 			}
+			if wait := time.Until(p.deferUntil); wait > 0 && p.waiting == 0 {
+				p.mu.Unlock()
+				time.AfterFunc(wait, p.poke)
+				break
+			}
 			delay := time.Duration(0)
 			if p.failures > 0 {
 				delay = p.o.MinBackoff << min(p.failures-1, 16)
@@ -176,24 +187,25 @@ func (p *Pool[M]) discard(m M) {
 }
 
 // Take returns a ready member, waiting for one if none is ready. Refill of
-// the taken place starts at once.
+// the taken place starts at once, or after Options.RefillDelay when nobody
+// else is waiting.
 func (p *Pool[M]) Take(ctx context.Context) (M, error) {
 	var zero M
 	p.mu.Lock()
 	p.waiting++
-	defer func() {
-		p.mu.Lock()
-		p.waiting--
-		p.mu.Unlock()
-	}()
 	for {
 		if p.closed {
+			p.waiting--
 			p.mu.Unlock()
 			return zero, ErrClosed
 		}
 		if len(p.ready) > 0 {
 			m := p.ready[0]
 			p.ready = p.ready[1:]
+			p.waiting--
+			if p.o.RefillDelay > 0 {
+				p.deferUntil = time.Now().Add(p.o.RefillDelay)
+			}
 			p.notify()
 			p.mu.Unlock()
 			p.poke()
@@ -205,6 +217,9 @@ func (p *Pool[M]) Take(ctx context.Context) (M, error) {
 		select {
 		case <-ch:
 		case <-ctx.Done():
+			p.mu.Lock()
+			p.waiting--
+			p.mu.Unlock()
 			return zero, ctx.Err()
 		}
 		p.mu.Lock()

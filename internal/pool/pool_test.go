@@ -137,3 +137,44 @@ func TestTakeHonoursContext(t *testing.T) {
 		t.Fatalf("got %v", err)
 	}
 }
+
+func TestRefillDelayHoldsRefillUntilSomeoneWaits(t *testing.T) {
+	f, made := counter()
+	p := New(f, Options{Target: 1, RefillDelay: time.Hour})
+	p.Start()
+	defer p.Close()
+	if err := p.Wait(ctxT(t), 1); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := p.Take(ctxT(t)); err != nil {
+		t.Fatal(err)
+	}
+	// The refill is held back: nobody waits and the delay is an hour.
+	time.Sleep(50 * time.Millisecond)
+	if st := p.Status(); made.Load() != 1 || st.Ready != 0 || st.Starting != 0 {
+		t.Fatalf("refill ran during the delay: made %d, status %+v", made.Load(), st)
+	}
+	// A second taker must not wait for the delay (ctxT gives it 10 s).
+	if _, err := p.Take(ctxT(t)); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestRefillDelayElapses(t *testing.T) {
+	f, made := counter()
+	p := New(f, Options{Target: 2, RefillDelay: 20 * time.Millisecond})
+	p.Start()
+	defer p.Close()
+	if err := p.Wait(ctxT(t), 2); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := p.Take(ctxT(t)); err != nil {
+		t.Fatal(err)
+	}
+	if err := p.Wait(ctxT(t), 2); err != nil {
+		t.Fatal(err)
+	}
+	if made.Load() != 3 {
+		t.Fatalf("made %d, want 3", made.Load())
+	}
+}
