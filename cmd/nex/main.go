@@ -9,6 +9,7 @@ import (
 
 	"github.com/nex-engine/nex/internal/agent/vminit"
 	"github.com/nex-engine/nex/internal/cli"
+	"github.com/nex-engine/nex/internal/sandbox/qemu"
 )
 
 func main() {
@@ -21,6 +22,12 @@ func main() {
 	// sandbox pays for what its agent touches at start.
 	if len(os.Args) == 2 && os.Args[1] == "agent" {
 		os.Exit(cli.RunAgent(ctx, os.Stderr))
+	}
+	// So does the per-connection forward QEMU runs for a guest: a VM's
+	// every NATS connection waits for it to start.
+	if len(os.Args) == 3 && os.Args[1] == qemu.ForwardSubcommand {
+		_ = qemu.ForwardStdio(ctx, os.Args[2])
+		os.Exit(0)
 	}
 	os.Exit(cli.Main(ctx, os.Args[1:], os.Stdout, os.Stderr))
 }
