@@ -28,6 +28,59 @@ const (
 	ReadyLine       = "NEX-READY"
 )
 
+// The file port of a QEMU VM: the node pushes a deploy's artifact, already
+// verified, straight into the guest instead of the agent streaming it over
+// NATS through the user-mode network (a sandbox.Stager). PID 1 serves it
+// for the VM's life, one frame after another on one connection:
+//
+//  1. the host writes a FileHeader as one JSON line, then exactly Size bytes;
+//  2. the guest writes the bytes to StagedDir/<Name> (mode 0700) and
+//     answers one JSON FileReply line: Path, or Error. A refused file's
+//     bytes are read and dropped all the same, so the next frame starts
+//     where the host expects it.
+//
+// The agent then takes the file at Path as it takes a staged file in the
+// process sandbox (Deploy.StagedPath). StagedDir is on the same tmpfs as
+// the agent's work dir, so taking it is a rename, and like every file there
+// it lives in guest RAM.
+const (
+	FilePortName = "nex.files"
+	StagedDir    = "/tmp/staged"
+	// MaxStagedSize bounds a frame's Size; a VM's RAM bounds it further.
+	MaxStagedSize = 1 << 30
+	// MaxFileHeader bounds a header line.
+	MaxFileHeader = 4 << 10
+)
+
+// FileHeader opens a frame on the file port.
+type FileHeader struct {
+	Name string `json:"name"`
+	Size int64  `json:"size"`
+}
+
+// FileReply is the guest's answer to one frame.
+type FileReply struct {
+	Path  string `json:"path,omitempty"`
+	Error string `json:"error,omitempty"`
+}
+
+// CheckStagedName accepts names that are one plain file name in StagedDir:
+// 1–128 of [A-Za-z0-9._-], not starting with a dot (so never ".", "..", a
+// hidden file, or a path).
+func CheckStagedName(name string) error {
+	if name == "" || len(name) > 128 || name[0] == '.' {
+		return fmt.Errorf("staged file name %q: want 1-128 characters of [A-Za-z0-9._-], not starting with a dot", name)
+	}
+	for _, c := range []byte(name) {
+		switch {
+		case c >= 'a' && c <= 'z', c >= 'A' && c <= 'Z', c >= '0' && c <= '9', c == '.', c == '_', c == '-':
+		default:
+			return fmt.Errorf("staged file name %q: character %q not allowed (want [A-Za-z0-9._-])", name, c)
+		}
+	}
+	return nil
+}
+
 // Guest-side addresses of the host channel under QEMU user-mode networking
 // (restrict=on with a single guestfwd): the node's internal NATS appears at
 // GuestNATSAddr inside the guest.

@@ -43,3 +43,18 @@ func TestParseVsockURL(t *testing.T) {
 		}
 	}
 }
+
+func TestCheckStagedName(t *testing.T) {
+	ok := []string{"9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08", "echo", "a.b-c_d", strings.Repeat("x", 128)}
+	bad := []string{"", ".", "..", ".hidden", "a/b", "../etc", "a\\b", "a\x00b", "a b", "é", strings.Repeat("x", 129)}
+	for _, n := range ok {
+		if err := CheckStagedName(n); err != nil {
+			t.Errorf("CheckStagedName(%q) = %v, want nil", n, err)
+		}
+	}
+	for _, n := range bad {
+		if err := CheckStagedName(n); err == nil {
+			t.Errorf("CheckStagedName(%q) = nil, want an error", n)
+		}
+	}
+}

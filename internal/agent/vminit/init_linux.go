@@ -104,6 +104,7 @@ func (v *vm) bootSteps() []step {
 		step{name: "loopback up", run: linkUp("lo")},
 		step{name: "network " + guestEth, run: v.network},
 		step{name: "listen for workloads", run: v.listenWorkloads},
+		step{name: "serve file port", run: v.serveFiles, optional: true},
 		step{name: "warm up", run: v.warmUp, optional: true},
 		step{name: "agent initialized", run: v.awaitAgent},
 		step{name: "config", run: v.config},

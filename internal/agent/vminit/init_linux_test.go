@@ -26,7 +26,7 @@ func TestBootStepsTable(t *testing.T) {
 	// snapshot template is saved right then), clock and entropy before the
 	// child gets its identity.
 	want := []string{"mount /proc", "mount /sys", "mount /dev", "mount /tmp", "mount /run", "start agent", "load modules",
-		"loopback up", "network eth0", "listen for workloads", "warm up", "agent initialized", "config", "set clock", "seed entropy", "nats forwarder", "agent identity"}
+		"loopback up", "network eth0", "listen for workloads", "serve file port", "warm up", "agent initialized", "config", "set clock", "seed entropy", "nats forwarder", "agent identity"}
 	if !reflect.DeepEqual(names, want) {
 		t.Fatalf("boot steps %v\nwant       %v", names, want)
 	}

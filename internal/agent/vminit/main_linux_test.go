@@ -28,10 +28,13 @@ import (
 //   - reapRole: the processes of TestReapUntil.
 //   - netifRole: TestInterfaceSetup's process, in a network namespace of
 //     its own.
+//   - filesRole: TestFileServerFullTmpfs's process, in a mount namespace of
+//     its own.
 const (
 	ForwardArg = "vmtest-forward"
 	reapRole   = "VMINIT_TEST_REAP_ROLE"
 	netifRole  = "VMINIT_TEST_NETIF"
+	filesRole  = "VMINIT_TEST_FILES"
 )
 
 func TestMain(m *testing.M) {
@@ -44,6 +47,9 @@ func TestMain(m *testing.M) {
 	}
 	if os.Getenv(netifRole) != "" {
 		os.Exit(netifHelper())
+	}
+	if os.Getenv(filesRole) != "" {
+		os.Exit(fullTmpfsHelper())
 	}
 	os.Exit(m.Run())
 }

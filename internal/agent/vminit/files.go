@@ -1,0 +1,217 @@
+package vminit
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"syscall"
+	"time"
+
+	"github.com/nex-engine/nex/internal/agentapi"
+)
+
+// FileServer is the guest's end of the file port (agentapi.FilePortName):
+// it writes the files the host pushes into Dir and answers each frame with
+// the file's path or why it was refused. PID 1 runs one on the port; tests
+// run it on a socket pair.
+type FileServer struct {
+	Dir string
+	Log *slog.Logger
+	// Room tells how many bytes a new file in dir may take; nil: the free
+	// space of dir's file system, bounded by the memory the guest has left
+	// (defaultRoom).
+	Room func(dir string) (int64, error)
+}
+
+// Bounds of the file server.
+const (
+	// fileBuf is the size of the server's reads and writes: a virtio-serial
+	// read returns one 4 KiB buffer, so the copy gathers many before each
+	// write to tmpfs.
+	fileBuf = 256 << 10
+	// hostGoneWait is the longest pause between reads while no host is
+	// connected (a read of a virtio-serial port then returns EOF at once).
+	hostGoneWait = time.Second
+	// partPrefix names a file being received; valid names never start
+	// with a dot, so it cannot clash with one.
+	partPrefix = ".part-"
+)
+
+// errHostGone: the host hung up in the middle of a frame. Nobody waits for
+// an answer; the next frame, if one ever comes, starts afresh.
+var errHostGone = errors.New("host hung up mid-frame")
+
+// Serve answers frames on port until ctx ends or the port fails. An EOF
+// between frames means no host is connected (not yet, or no more: QEMU
+// connects as it starts, but the guest may see the port before it hears of
+// that), so Serve waits and reads again, backing off to one read a second.
+// A frame it cannot parse leaves it out of step with the host, so it
+// answers with the error and stops.
+func (s *FileServer) Serve(ctx context.Context, port io.ReadWriter) error {
+	if err := os.MkdirAll(s.Dir, 0o700); err != nil {
+		return fmt.Errorf("file port: %w", err)
+	}
+	r := bufio.NewReaderSize(port, fileBuf)
+	buf := make([]byte, fileBuf)
+	wait := pollEvery
+	for {
+		h, err := readFileHeader(r)
+		switch {
+		case errors.Is(err, io.EOF):
+			select {
+			case <-ctx.Done():
+				return nil
+			case <-time.After(wait):
+			}
+			wait = min(2*wait, hostGoneWait)
+			continue
+		case err != nil:
+			_ = writeFileReply(port, agentapi.FileReply{Error: err.Error()})
+			return fmt.Errorf("file port: %w", err)
+		}
+		wait = pollEvery
+		t0 := time.Now()
+		path, err := s.receive(r, h, buf)
+		if errors.Is(err, errHostGone) {
+			s.Log.Warn("file port", "name", h.Name, keyError, err)
+			continue
+		}
+		reply := agentapi.FileReply{Path: path}
+		if err != nil {
+			reply.Error = err.Error()
+			s.Log.Warn("file refused", "name", h.Name, "bytes", h.Size, keyError, err)
+		} else {
+			s.Log.Debug("file received", "path", path, "bytes", h.Size, keyTook, time.Since(t0))
+		}
+		if err := writeFileReply(port, reply); err != nil {
+			// The host is gone: nobody will take the file.
+			if path != "" {
+				os.Remove(path)
+			}
+			s.Log.Warn("file port: answer", keyError, err)
+		}
+	}
+}
+
+// readFileHeader reads one header line. io.EOF (alone) means nothing of a
+// frame has come: no host is connected.
+func readFileHeader(r *bufio.Reader) (agentapi.FileHeader, error) {
+	var h agentapi.FileHeader
+	line, err := r.ReadSlice('\n')
+	switch {
+	case len(line) > agentapi.MaxFileHeader || errors.Is(err, bufio.ErrBufferFull):
+		return h, fmt.Errorf("header longer than %d bytes", agentapi.MaxFileHeader)
+	case err != nil:
+		// A header cut off by a hang-up: the host gave up on that frame.
+		return h, io.EOF
+	}
+	if err := json.Unmarshal(line, &h); err != nil {
+		return h, fmt.Errorf("header %q: %w", line, err)
+	}
+	if h.Size < 0 || h.Size > agentapi.MaxStagedSize {
+		return h, fmt.Errorf("header: size %d is outside 0..%d", h.Size, agentapi.MaxStagedSize)
+	}
+	return h, nil
+}
+
+// receive reads one frame's h.Size bytes into Dir/h.Name. A file it
+// refuses, or fails to write, has its bytes read and dropped all the same.
+// The file appears under its name only once complete.
+func (s *FileServer) receive(r io.Reader, h agentapi.FileHeader, buf []byte) (string, error) {
+	refuse := agentapi.CheckStagedName(h.Name)
+	if refuse == nil {
+		refuse = s.checkRoom(h.Size)
+	}
+	if refuse != nil {
+		if _, err := copyFrame(io.Discard, r, h.Size, buf); err != nil {
+			return "", errHostGone
+		}
+		return "", refuse
+	}
+	part := filepath.Join(s.Dir, partPrefix+h.Name)
+	f, err := os.OpenFile(part, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o700)
+	if err != nil {
+		if _, rerr := copyFrame(io.Discard, r, h.Size, buf); rerr != nil {
+			return "", errHostGone
+		}
+		return "", err
+	}
+	werr, rerr := copyFrame(f, r, h.Size, buf)
+	if cerr := f.Close(); werr == nil {
+		werr = cerr
+	}
+	if rerr != nil || werr != nil {
+		os.Remove(part)
+	}
+	switch {
+	case rerr != nil:
+		return "", errHostGone
+	case errors.Is(werr, syscall.ENOSPC):
+		return "", fmt.Errorf("guest %s is full writing %s: give the sandbox more memory (machine_template.memsize_mib): %w",
+			s.Dir, mib(h.Size), werr)
+	case werr != nil:
+		return "", werr
+	}
+	path := filepath.Join(s.Dir, h.Name)
+	if err := os.Rename(part, path); err != nil {
+		os.Remove(part)
+		return "", err
+	}
+	return path, nil
+}
+
+// checkRoom refuses a file that would not fit, before any of it is written:
+// it would live in guest RAM, and a guest out of memory kills processes.
+func (s *FileServer) checkRoom(size int64) error {
+	room := s.Room
+	if room == nil {
+		room = defaultRoom
+	}
+	free, err := room(s.Dir)
+	if err != nil {
+		return fmt.Errorf("room in %s: %w", s.Dir, err)
+	}
+	if size > free {
+		return fmt.Errorf("a %s file does not fit in the guest (%s left in %s, which is in guest RAM): "+
+			"give the sandbox more memory (machine_template.memsize_mib)", mib(size), mib(free), s.Dir)
+	}
+	return nil
+}
+
+// copyFrame copies exactly size bytes of r to w. A failed write does not
+// end it: the rest is read and dropped so the stream stays in step with
+// the host. readErr is set when r ended first (the host hung up).
+func copyFrame(w io.Writer, r io.Reader, size int64, buf []byte) (writeErr, readErr error) {
+	for size > 0 {
+		n := int(min(int64(len(buf)), size))
+		n, err := io.ReadFull(r, buf[:n])
+		size -= int64(n)
+		if writeErr == nil && n > 0 {
+			_, writeErr = w.Write(buf[:n])
+		}
+		if err != nil {
+			if errors.Is(err, io.EOF) {
+				err = io.ErrUnexpectedEOF
+			}
+			return writeErr, err
+		}
+	}
+	return writeErr, nil
+}
+
+func writeFileReply(w io.Writer, r agentapi.FileReply) error {
+	b, err := json.Marshal(r)
+	if err != nil {
+		return err
+	}
+	_, err = w.Write(append(b, '\n'))
+	return err
+}
+
+func mib(n int64) string { return fmt.Sprintf("%.1f MiB", float64(n)/(1<<20)) }
