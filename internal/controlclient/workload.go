@@ -9,7 +9,6 @@ import (
 	"fmt"
 	"io"
 	"path/filepath"
-	"regexp"
 	"strings"
 	"time"
 
@@ -23,12 +22,9 @@ import (
 // reference CLI does.
 const DefaultBucket = "NEXCLIFILES"
 
-// namePattern is what the protocol allows as a workload name (JWT sub).
-var namePattern = regexp.MustCompile(`^[a-zA-Z0-9_-]+$`)
-
 // ValidName checks a workload name.
 func ValidName(name string) error {
-	if !namePattern.MatchString(name) {
+	if !api.IsWorkloadName(name) {
 		return fmt.Errorf("workload name %q: use only letters, digits, '_' and '-'", name)
 	}
 	return nil

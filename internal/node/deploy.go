@@ -12,7 +12,6 @@ import (
 	"io"
 	"os"
 	"path/filepath"
-	"regexp"
 	"strings"
 	"time"
 
@@ -24,8 +23,6 @@ import (
 )
 
 var (
-	nameRE = regexp.MustCompile(`^[a-zA-Z0-9_-]+$`)
-	hashRE = regexp.MustCompile(`^[0-9a-f]{64}$`)
 	// Subjects a function may never be triggered on.
 	reservedTriggers = []string{"$SYS.", "$JS.", "$NEX."}
 )
@@ -74,8 +71,8 @@ func (n *Node) verifyJWT(token string) (*verifiedJWT, error) {
 			return nil, fmt.Errorf("%w: %s is not in this node's valid_issuers", ErrIssuer, claims.Issuer)
 		}
 	}
-	if !nameRE.MatchString(claims.Subject) {
-		return nil, fmt.Errorf("%w: workload name (JWT sub) %q must match %s", ErrBadRequest, claims.Subject, nameRE)
+	if !api.IsWorkloadName(claims.Subject) {
+		return nil, fmt.Errorf("%w: workload name (JWT sub) %q must match ^[a-zA-Z0-9_-]+$", ErrBadRequest, claims.Subject)
 	}
 	v := &verifiedJWT{issuer: claims.Issuer, subject: claims.Subject, jti: claims.ID, iat: claims.IssuedAt}
 	if h, ok := claims.Data["hash"].(string); ok {
@@ -145,7 +142,7 @@ func (n *Node) checkRequest(req api.DeployRequest) (*verifiedJWT, map[string]str
 	if err != nil {
 		return nil, nil, err
 	}
-	if !hashRE.MatchString(v.hash) {
+	if !api.IsSHA256Hex(v.hash) {
 		return nil, nil, fmt.Errorf("%w: claim data.hash must be the hex sha256 of the artifact, got %q", ErrBadJWT, v.hash)
 	}
 	env, err := n.openEnvironment(req)

@@ -12,7 +12,6 @@ import (
 	"net"
 	"os"
 	"path/filepath"
-	"regexp"
 	"strings"
 	"time"
 
@@ -244,7 +243,6 @@ func DefaultDataDir() string {
 }
 
 var (
-	tagKeyRE  = regexp.MustCompile(`^[a-zA-Z0-9_.-]+$`)
 	supported = map[string]bool{api.WorkloadNative: true}
 )
 
@@ -267,7 +265,7 @@ func (c *Config) Validate() error {
 		bad("machine_template.memsize_mib", "must be between 32 and 65536, got %d", v)
 	}
 	for k := range c.Tags {
-		if !tagKeyRE.MatchString(k) {
+		if !api.OnlyNameChars(k, "_.-") {
 			bad("tags", "key %q may hold only letters, digits, '.', '_' and '-'", k)
 		} else if strings.HasPrefix(k, "nex.") && k != "nex.nodename" {
 			bad("tags", "key %q is reserved (nex.* tags are set by the node)", k)

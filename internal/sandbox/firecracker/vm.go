@@ -9,7 +9,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"regexp"
 	"runtime"
 	"strconv"
 	"strings"
@@ -18,6 +17,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/nex-engine/nex/api"
 	"github.com/nex-engine/nex/internal/agentapi"
 	"github.com/nex-engine/nex/internal/sandbox"
 )
@@ -98,8 +98,9 @@ func (v *vm) vsockPortPath(port uint32) string {
 	return v.path(VsockSocket) + "_" + strconv.FormatUint(uint64(port), 10)
 }
 
-// instanceID matches what Firecracker takes as --id.
-var instanceID = regexp.MustCompile(`^[A-Za-z0-9-]{1,64}$`)
+// isInstanceID reports whether id is what Firecracker takes as --id:
+// 1–64 letters, digits and '-'.
+func isInstanceID(id string) bool { return len(id) <= 64 && api.OnlyNameChars(id, "-") }
 
 // args is the VMM's command line: the configured extra arguments, the API
 // socket and, when the sandbox id is one Firecracker accepts, --id (which
@@ -107,7 +108,7 @@ var instanceID = regexp.MustCompile(`^[A-Za-z0-9-]{1,64}$`)
 func (v *vm) args() []string {
 	a := append([]string(nil), v.d.cfg.Args...)
 	a = append(a, "--api-sock", v.path(APISocket))
-	if instanceID.MatchString(v.id) {
+	if isInstanceID(v.id) {
 		a = append(a, "--id", v.id)
 	}
 	return a
