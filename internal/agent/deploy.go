@@ -167,11 +167,12 @@ func (a *agent) fetch(ctx context.Context, d *agentapi.Deploy, path string) erro
 	return nil
 }
 
-// takeStaged moves an artifact the node copied into the work dir into
-// place. Its sha256 is not computed again: the node verified the bytes it
-// copied, and a sandbox sharing the host's filesystem and user (the only
-// kind that stages) cannot keep from the agent what it could change in the
-// agent itself. The size is still checked.
+// takeStaged moves an artifact the node staged into place. Its sha256 is
+// not computed again: the node verified the bytes it copied, and a
+// sandbox sharing the host's filesystem and user cannot keep from the agent
+// what it could change in the agent itself; in a VM, PID 1 wrote the file
+// from the host's own channel (the file port) into the guest's tmpfs, where
+// only root writes. The size is still checked.
 func takeStaged(d *agentapi.Deploy, path string) error {
 	st, err := os.Stat(d.StagedPath)
 	if err != nil {

@@ -139,8 +139,9 @@ type Deploy struct {
 	// agent sets NATS_URL from them when Env has none, pointing at the address
 	// it itself reaches the node with (or its in-guest forwarder).
 	// StagedPath, when set, is where the node already put the artifact
-	// (sandboxes sharing the host filesystem): the agent verifies it like a
-	// download and does not fetch it over NATS.
+	// (sandboxes sharing the host filesystem; in a QEMU VM, the file port
+	// of vm.go): the agent verifies it like a download and does not fetch
+	// it over NATS.
 	StagedPath   string   `json:"staged_path,omitempty"`
 	NATSUser     string   `json:"nats_user,omitempty"`
 	NATSPassword string   `json:"nats_password,omitempty"`

@@ -17,6 +17,7 @@ import (
 const (
 	consoleFile = "console.log"
 	agentSock   = "agent.sock"
+	filesSock   = "files.sock"
 	qmpSock     = "qmp.sock"
 )
 
@@ -147,6 +148,9 @@ func (m machine) args() []string {
 		"-device", "virtio-serial-device",
 		"-chardev", "socket,path="+agentSock+",server=off,id=c0",
 		"-device", "virtserialport,chardev=c0,name="+agentapi.ConfigPortName,
+		// The file port (files.go): the driver listens on files.sock too.
+		"-chardev", "socket,path="+filesSock+",server=off,id=c1",
+		"-device", "virtserialport,chardev=c1,name="+agentapi.FilePortName,
 		"-qmp", "unix:"+qmpSock+",server=on,wait=off",
 	)
 	if m.Incoming {

@@ -25,6 +25,7 @@ type steps []step
 const (
 	stepPrepareDir    = "prepare dir"
 	stepListenConfig  = "listen config socket"
+	stepListenFiles   = "listen file socket"
 	stepBuildArgs     = "build args"
 	stepLaunch        = "launch"
 	stepWritePID      = "write pid"
@@ -43,6 +44,7 @@ func coldBoot() steps {
 	return steps{
 		{stepPrepareDir, prepareDir},
 		{stepListenConfig, listenConfig},
+		{stepListenFiles, listenFiles},
 		{stepBuildArgs, buildArgs},
 		{stepLaunch, launch},
 		{stepWritePID, writePID},
@@ -129,6 +131,18 @@ func listenConfig(ctx context.Context, v *vm) error {
 		return err
 	}
 	v.ln = ln
+	return nil
+}
+
+// listenFiles listens for the file port's connection, which QEMU dials as
+// it does the config socket's. A template listens too but never accepts:
+// it is saved before any file is sent.
+func listenFiles(ctx context.Context, v *vm) error {
+	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: v.path(filesSock), Net: "unix"})
+	if err != nil {
+		return err
+	}
+	v.files = newFilePort(ln)
 	return nil
 }
 

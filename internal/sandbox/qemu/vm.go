@@ -40,6 +40,8 @@ type vm struct {
 	guestMeta *agentapi.Metadata
 
 	ln *net.UnixListener
+	// files is the host end of the file port (Stage).
+	files *filePort
 	// configured is closed once the guest has its config (benchmarks
 	// split boot time there: before it, the VMM and kernel; after, the agent).
 	configured chan struct{}
@@ -128,6 +130,9 @@ func (v *vm) wait() {
 	if c := v.conn.Load(); c != nil {
 		(*c).Close()
 	}
+	if v.files != nil {
+		v.files.close()
+	}
 	switch {
 	case v.stopRequested.Load():
 		v.exitErr = sandbox.ErrStopped
@@ -181,6 +186,9 @@ func (v *vm) abort() {
 	if v.ln != nil {
 		v.ln.Close()
 	}
+	if v.files != nil {
+		v.files.close()
+	}
 }
 
 // doneOrNil is Done that also works before launch (a closed channel then).
@@ -228,9 +236,9 @@ func (v *vm) Stop(ctx context.Context) error {
 }
 
 // removeStale deletes sockets a previous run may have left in the directory;
-// a stale agent.sock would make listen fail.
+// a stale agent.sock or files.sock would make listen fail.
 func (v *vm) removeStale() error {
-	for _, name := range []string{agentSock, qmpSock} {
+	for _, name := range []string{agentSock, filesSock, qmpSock} {
 		if err := os.Remove(v.path(name)); err != nil && !errors.Is(err, os.ErrNotExist) {
 			return err
 		}

@@ -1,0 +1,194 @@
+package qemu
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/nex-engine/nex/internal/agent/vminit"
+	"github.com/nex-engine/nex/internal/agentapi"
+)
+
+// The host's writer against the guest's real file server (package vminit)
+// over a unix socket: the test dials the port's listener as QEMU does and
+// serves the guest's side on that connection.
+
+type fileTest struct {
+	port   *filePort
+	staged string
+	room   func(string) (int64, error)
+}
+
+func newFileTest(t *testing.T, room func(string) (int64, error)) *fileTest {
+	t.Helper()
+	dir := t.TempDir()
+	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: filepath.Join(dir, filesSock), Net: "unix"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ft := &fileTest{port: newFilePort(ln), staged: filepath.Join(dir, "staged"), room: room}
+	t.Cleanup(ft.port.close)
+	return ft
+}
+
+// guest plays QEMU and the guest: it dials the port and serves frames.
+func (ft *fileTest) guest(t *testing.T) {
+	t.Helper()
+	conn, err := net.Dial("unix", ft.port.ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	s := &vminit.FileServer{Dir: ft.staged, Log: testLog(t), Room: ft.room}
+	go func() { defer close(done); _ = s.Serve(ctx, conn) }()
+	t.Cleanup(func() { cancel(); conn.Close(); <-done })
+}
+
+func artifact(t *testing.T, size int) (string, []byte) {
+	t.Helper()
+	b := make([]byte, size)
+	if _, err := rand.Read(b); err != nil {
+		t.Fatal(err)
+	}
+	p := filepath.Join(t.TempDir(), "artifact")
+	if err := os.WriteFile(p, b, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return p, b
+}
+
+func plentyOfRoom(string) (int64, error) { return 1 << 30, nil }
+
+func TestFilePortStagesIntoGuestServer(t *testing.T) {
+	ft := newFileTest(t, plentyOfRoom)
+	ft.guest(t)
+	// Concurrent pushes to one port are serialized; each file arrives whole.
+	var wg sync.WaitGroup
+	errs := make([]error, 4)
+	for i := range errs {
+		wg.Go(func() {
+			src, want := artifact(t, 2<<20+i*4099)
+			name := fmt.Sprintf("f%d", i)
+			path, n, err := ft.port.push(src, name)
+			if err != nil {
+				errs[i] = err
+				return
+			}
+			if path != filepath.Join(ft.staged, name) || n != int64(len(want)) {
+				errs[i] = fmt.Errorf("push = %q, %d", path, n)
+				return
+			}
+			got, err := os.ReadFile(path)
+			if err == nil && !bytes.Equal(got, want) {
+				err = fmt.Errorf("%s differs from what was sent", name)
+			}
+			errs[i] = err
+		})
+	}
+	wg.Wait()
+	if err := errors.Join(errs...); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestFilePortGuestRefusal(t *testing.T) {
+	ft := newFileTest(t, func(string) (int64, error) { return 1 << 20, nil })
+	ft.guest(t)
+	src, _ := artifact(t, 2<<20)
+	_, _, err := ft.port.push(src, "big")
+	var refused *refusedError
+	if !errors.As(err, &refused) || !strings.Contains(err.Error(), "does not fit") {
+		t.Fatalf("push = %v, want the guest's refusal", err)
+	}
+	// The port stays in step after a refusal.
+	small, want := artifact(t, 1000)
+	path, _, err := ft.port.push(small, "small")
+	if err != nil {
+		t.Fatalf("push after a refusal: %v", err)
+	}
+	if got, _ := os.ReadFile(path); !bytes.Equal(got, want) {
+		t.Fatal("file after a refusal differs")
+	}
+}
+
+func TestFilePortBadName(t *testing.T) {
+	ft := newFileTest(t, plentyOfRoom)
+	src, _ := artifact(t, 10)
+	for _, name := range []string{"", "..", "../x", "a/b", ".hidden"} {
+		if _, _, err := ft.port.push(src, name); err == nil || !strings.Contains(err.Error(), "staged file name") {
+			t.Errorf("push(%q) = %v, want a name error", name, err)
+		}
+	}
+	// Nothing was sent: QEMU's connection was never even taken.
+	if ft.port.conn != nil {
+		t.Fatal("a bad name reached the port")
+	}
+}
+
+// A guest that stops reading must not hold the deploy: the transfer gives
+// up at its deadline, the port is done with, and the next push fails at
+// once (the node then streams over NATS).
+func TestFilePortGuestStopsReading(t *testing.T) {
+	ft := newFileTest(t, plentyOfRoom)
+	ft.port.timeout = func(int64) time.Duration { return 300 * time.Millisecond }
+	conn, err := net.Dial("unix", ft.port.ln.Addr().String()) // connected, never read
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	src, _ := artifact(t, 16<<20) // far more than the socket buffers
+	_, _, err = ft.port.push(src, "stuck")
+	var ne net.Error
+	if !errors.As(err, &ne) || !ne.Timeout() {
+		t.Fatalf("push to a guest that does not read = %v, want a timeout", err)
+	}
+	if _, _, err := ft.port.push(src, "again"); err == nil || !strings.Contains(err.Error(), "unusable") {
+		t.Fatalf("push after a cut-off frame = %v, want the port unusable", err)
+	}
+	// The host hung up, which tells the guest the frame is void.
+	conn.SetReadDeadline(time.Now().Add(time.Minute))
+	if _, err := bufio.NewReader(conn).Discard(32 << 20); err == nil {
+		t.Fatal("the port's connection stayed open after a cut-off frame")
+	}
+}
+
+func TestFilePortVMEnded(t *testing.T) {
+	ft := newFileTest(t, plentyOfRoom)
+	ft.port.close()
+	src, _ := artifact(t, 10)
+	if _, _, err := ft.port.push(src, "late"); err == nil || !strings.Contains(err.Error(), "ended") {
+		t.Fatalf("push after the vm ended = %v", err)
+	}
+}
+
+func TestSendFileShortSource(t *testing.T) {
+	var w bytes.Buffer
+	_, err := sendFile(&w, bufio.NewReader(strings.NewReader("")), "x", 100, bytes.NewReader(make([]byte, 60)))
+	if err == nil || !strings.Contains(err.Error(), "60 of 100") {
+		t.Fatalf("sendFile with a short source = %v", err)
+	}
+	var refused *refusedError
+	if errors.As(err, &refused) {
+		t.Fatal("a short source must break the port, not count as a refusal")
+	}
+	if !strings.HasPrefix(w.String(), `{"name":"x","size":100}`+"\n") {
+		t.Fatalf("frame header = %q", w.String()[:min(40, w.Len())])
+	}
+}
+
+func TestStageTimeoutGrowsWithSize(t *testing.T) {
+	if small, big := stageTimeout(0), stageTimeout(agentapi.MaxStagedSize); small != stageBaseTimeout || big <= small {
+		t.Fatalf("stageTimeout(0) = %s, stageTimeout(max) = %s", small, big)
+	}
+}
