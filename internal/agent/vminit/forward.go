@@ -3,10 +3,11 @@ package vminit
 import (
 	"context"
 	"errors"
-	"io"
 	"log/slog"
 	"net"
 	"sync"
+
+	"github.com/nex-engine/nex/internal/splice"
 )
 
 // forward accepts connections on ln and splices each to a connection made
@@ -36,29 +37,7 @@ func forward(ctx context.Context, ln net.Listener, dial func(context.Context) (n
 				return
 			}
 			defer up.Close()
-			splice(ctx, c, up)
+			splice.Conns(ctx, c, up)
 		}()
 	}
-}
-
-// splice copies both ways; when one side ends its writes, the other side's
-// write half is closed so the peer sees EOF, and both are done when both
-// directions are.
-func splice(ctx context.Context, a, b net.Conn) {
-	stop := context.AfterFunc(ctx, func() { a.Close(); b.Close() })
-	defer stop()
-	var wg sync.WaitGroup
-	wg.Add(2)
-	half := func(dst, src net.Conn) {
-		defer wg.Done()
-		_, _ = io.Copy(dst, src)
-		if cw, ok := dst.(interface{ CloseWrite() error }); ok {
-			_ = cw.CloseWrite()
-		} else {
-			dst.Close()
-		}
-	}
-	go half(a, b)
-	go half(b, a)
-	wg.Wait()
 }

@@ -1,13 +1,11 @@
 package firecracker
 
 import (
-	"context"
 	"errors"
-	"io"
 	"net"
-	"sync"
 
 	"github.com/nex-engine/nex/internal/agentapi"
+	"github.com/nex-engine/nex/internal/splice"
 )
 
 // The host side of the guest's vsock. For a guest connection to host port P
@@ -70,29 +68,5 @@ func (v *vm) forward(guest net.Conn) {
 		guest.Close()
 		return
 	}
-	splice(ctx, guest, up)
-}
-
-// splice copies both ways; when one side ends its writes the other side's
-// write half is closed, so a peer sees EOF while the other direction may
-// still flow. It returns when both directions are done or ctx ends.
-func splice(ctx context.Context, a, b net.Conn) {
-	stop := context.AfterFunc(ctx, func() { a.Close(); b.Close() })
-	defer stop()
-	var wg sync.WaitGroup
-	half := func(dst, src net.Conn) {
-		defer wg.Done()
-		_, _ = io.Copy(dst, src)
-		if cw, ok := dst.(interface{ CloseWrite() error }); ok {
-			_ = cw.CloseWrite()
-		} else {
-			dst.Close()
-		}
-	}
-	wg.Add(2)
-	go half(a, b)
-	go half(b, a)
-	wg.Wait()
-	a.Close()
-	b.Close()
+	splice.Conns(ctx, guest, up)
 }

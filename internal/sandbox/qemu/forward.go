@@ -3,12 +3,12 @@ package qemu
 import (
 	"context"
 	"fmt"
-	"io"
 	"net"
 	"os"
 	"slices"
 	"strings"
-	"sync"
+
+	"github.com/nex-engine/nex/internal/splice"
 )
 
 // The guest's path to the node's NATS. QEMU's user-mode network offers two
@@ -53,25 +53,7 @@ func Forward(ctx context.Context, addr string, conn net.Conn) error {
 	if err != nil {
 		return fmt.Errorf("vm forward to %s: %w", addr, err)
 	}
-	stop := context.AfterFunc(ctx, func() { up.Close(); conn.Close() })
-	defer stop()
-	var wg sync.WaitGroup
-	wg.Add(2)
-	half := func(dst, src net.Conn) {
-		defer wg.Done()
-		_, _ = io.Copy(dst, src)
-		// Pass the end of one direction on; the other may still flow.
-		if cw, ok := dst.(interface{ CloseWrite() error }); ok {
-			_ = cw.CloseWrite()
-		} else {
-			dst.Close()
-		}
-	}
-	go half(up, conn)
-	go half(conn, up)
-	wg.Wait()
-	up.Close()
-	conn.Close()
+	splice.Conns(ctx, conn, up)
 	return nil
 }
 
