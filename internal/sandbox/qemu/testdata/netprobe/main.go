@@ -3,13 +3,15 @@
 // "probe <network>/<addr> <open|closed: reason>", then "probes done".
 // An open TCP address must also greet it (a NATS server sends INFO first)
 // for the probe to count as open. The target "rand/" prints 16 bytes of
-// crypto/rand in hex instead (the snapshot test compares clones'). It then
+// crypto/rand in hex instead (the snapshot test compares clones'), and
+// "sha256/<path>" the file's sha256 in hex (the staging test's check). It then
 // waits to be stopped, so its output never races its own exit.
 package main
 
 import (
 	"bufio"
 	"crypto/rand"
+	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
 	"net"
@@ -32,6 +34,14 @@ func main() {
 }
 
 func probe(network, addr string) string {
+	if network == "sha256" {
+		b, err := os.ReadFile(addr)
+		if err != nil {
+			return "error: " + err.Error()
+		}
+		sum := sha256.Sum256(b)
+		return hex.EncodeToString(sum[:])
+	}
 	if network == "rand" {
 		b := make([]byte, 16)
 		if _, err := rand.Read(b); err != nil {

@@ -1,0 +1,115 @@
+package qemu
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/hex"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/nex-engine/nex/internal/agentapi"
+	"github.com/nex-engine/nex/internal/sandbox"
+	"github.com/nex-engine/nex/internal/sandbox/sandboxtest"
+)
+
+// TestStageIntoGuest pushes files into real guests over the file port, in
+// a cold-booted VM and in a snapshot clone (whose template was saved before
+// any file was sent, and whose QEMU dials its own files.sock):
+//
+//   - a file too big for the guest's RAM is refused with a clear error, and
+//     the port stays usable;
+//   - a random data file arrives byte-exact (the probe hashes it in the
+//     guest);
+//   - the probe itself is staged, and the agent runs it from there: the
+//     harness serves no artifact, so a fetch over NATS would fail the
+//     deploy.
+func TestStageIntoGuest(t *testing.T) {
+	requireVM(t)
+	a := vmSetup(t)
+	for _, mode := range []string{"cold", "clone"} {
+		t.Run(mode, func(t *testing.T) {
+			snaps := t.TempDir()
+			d := a.driver(t, func(c *Config) { c.Snapshot, c.SnapshotDir = mode == "clone", snaps })
+			testStage(t, d)
+		})
+	}
+}
+
+func testStage(t *testing.T, d *Driver) {
+	ctx, cancel := context.WithTimeout(context.Background(), vmTimeout)
+	defer cancel()
+	h := sandboxtest.NewHarness(t)
+	ag := h.AddAgent("stage" + strings.ReplaceAll(t.Name(), "/", ""))
+	sb := startReady(t, ctx, d, ag)
+	st, ok := sb.(sandbox.Stager)
+	if !ok {
+		t.Fatalf("%T does not implement sandbox.Stager", sb)
+	}
+
+	// The default guest (128 MiB) cannot hold 96 MiB in its tmpfs.
+	big := writeRandom(t, 96<<20)
+	if _, err := st.Stage(big, "big"); err == nil || !strings.Contains(err.Error(), "does not fit") ||
+		!strings.Contains(err.Error(), "memsize_mib") {
+		t.Fatalf("staging 96 MiB into a 128 MiB guest: %v; want a clear refusal", err)
+	}
+
+	data := writeRandom(t, 5<<20+123)
+	dataPath, err := st.Stage(data, "data")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := agentapi.StagedDir + "/data"; dataPath != want {
+		t.Fatalf("staged data at %q, want %q", dataPath, want)
+	}
+
+	probePath := netprobe(t)
+	probe, err := os.ReadFile(probePath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sum := sha256.Sum256(probe)
+	hash := hex.EncodeToString(sum[:])
+	staged, err := st.Stage(probePath, hash)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err := ag.Deploy(ctx, agentapi.Deploy{WorkloadID: "staged", Name: "netprobe", Namespace: "default",
+		Type: "native", Argv: []string{"sha256/" + dataPath}, Hash: hash, Size: int64(len(probe)), StagedPath: staged}, nil)
+	if err != nil || !r.OK {
+		t.Fatalf("deploy the staged probe: %+v, %v", r, err)
+	}
+	if err := ag.WaitLog(ctx, "stdout", "probes done"); err != nil {
+		t.Fatal(err)
+	}
+	var got string
+	for _, l := range ag.Logs() {
+		if v, ok := strings.CutPrefix(l.Text, "probe sha256/"+dataPath+" "); ok && l.Stream == "stdout" {
+			got = v
+		}
+	}
+	if want := fileHex(t, data); got != want {
+		t.Fatalf("sha256 of the staged file in the guest = %q, want %q (the host's)", got, want)
+	}
+}
+
+func writeRandom(t *testing.T, n int) string {
+	t.Helper()
+	b := make([]byte, n)
+	if _, err := rand.Read(b); err != nil {
+		t.Fatal(err)
+	}
+	p := filepath.Join(t.TempDir(), "random")
+	if err := os.WriteFile(p, b, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+func fileHex(t *testing.T, path string) string {
+	t.Helper()
+	s := fileSum(t, path)
+	return hex.EncodeToString(s[:])
+}
