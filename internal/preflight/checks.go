@@ -51,7 +51,7 @@ func Checks(o Options) []Check {
 	return append(checks,
 		Check{Name: CheckFreeDisk, Run: o.checkFreeDisk},
 		Check{Name: CheckStateDir, Run: func(context.Context) sandbox.Check {
-			return qemu.CheckWritableDir(CheckStateDir, o.StateDir)
+			return sandbox.CheckWritableDir(CheckStateDir, o.StateDir)
 		}})
 }
 
@@ -59,7 +59,7 @@ func (o Options) imageChecks() []Check {
 	check := func(name string, pick func(kernel, initrd string) string) Check {
 		return Check{Name: name, Fix: o.buildImage, Run: func(context.Context) sandbox.Check {
 			path := pick(o.Image())
-			c := qemu.CheckReadable(name, path, o.imageFix())
+			c := sandbox.CheckReadable(name, path, o.imageFix())
 			if path == "" {
 				c.Info = "no guest image under " + o.ImageDir()
 			}
@@ -206,7 +206,7 @@ func (o Options) checkSnapshots(context.Context) sandbox.Check {
 	if !o.Snapshot {
 		return sandbox.Check{OK: true, Info: "off: every VM boots cold (vm_snapshots: true restores clones, ≈ 0.2 s instead of ≈ 1.4 s)"}
 	}
-	c := qemu.CheckWritableDir(qemu.CheckSnapshotDir, o.SnapshotDir())
+	c := sandbox.CheckWritableDir(qemu.CheckSnapshotDir, o.SnapshotDir())
 	if c.OK {
 		templates, _ := filepath.Glob(filepath.Join(o.SnapshotDir(), "*", "state.mig"))
 		c.Info = fmt.Sprintf("on: %s is writable, %d template(s) saved (one is made per VM size at first start)",

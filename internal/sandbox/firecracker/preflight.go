@@ -3,7 +3,6 @@ package firecracker
 import (
 	"context"
 	"fmt"
-	"os"
 	"os/exec"
 	"strings"
 
@@ -33,8 +32,8 @@ func (d *Driver) Preflight(ctx context.Context) []sandbox.Check {
 	return []sandbox.Check{
 		CheckFirecrackerBinary(ctx, d.cfg.Binary),
 		CheckKVMUsable(accel.Detect()),
-		checkReadable(CheckKernel, d.cfg.Kernel),
-		checkReadable(CheckInitrd, d.cfg.Initrd),
+		sandbox.CheckReadable(CheckKernel, d.cfg.Kernel, FixBuildImage),
+		sandbox.CheckReadable(CheckInitrd, d.cfg.Initrd, FixBuildImage),
 	}
 }
 
@@ -69,32 +68,5 @@ func CheckKVMUsable(a accel.Choice) sandbox.Check {
 		return c
 	}
 	c.OK, c.Info = true, a.Reason
-	return c
-}
-
-// checkReadable passes when path is a non-empty file this process can read.
-func checkReadable(name, path string) sandbox.Check {
-	c := sandbox.Check{Name: name, Fix: FixBuildImage}
-	if path == "" {
-		c.Info = "not set"
-		return c
-	}
-	f, err := os.Open(path)
-	if err != nil {
-		c.Info = err.Error()
-		return c
-	}
-	defer f.Close()
-	st, err := f.Stat()
-	switch {
-	case err != nil:
-		c.Info = err.Error()
-	case st.IsDir():
-		c.Info = path + " is a directory"
-	case st.Size() == 0:
-		c.Info = path + " is empty"
-	default:
-		c.OK, c.Info, c.Fix = true, fmt.Sprintf("%s (%d MiB)", path, st.Size()>>20), ""
-	}
 	return c
 }

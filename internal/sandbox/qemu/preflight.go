@@ -3,7 +3,6 @@ package qemu
 import (
 	"context"
 	"fmt"
-	"os"
 	"os/exec"
 	"strings"
 
@@ -33,10 +32,10 @@ const (
 func (d *Driver) Preflight(ctx context.Context) []sandbox.Check {
 	checks := []sandbox.Check{CheckQEMUBinary(ctx, d.cfg.QEMUBinary), d.checkAccel()}
 	checks = append(checks,
-		CheckReadable(CheckKernel, d.cfg.Kernel, FixBuildImage),
-		CheckReadable(CheckInitrd, d.cfg.Initrd, FixBuildImage))
+		sandbox.CheckReadable(CheckKernel, d.cfg.Kernel, FixBuildImage),
+		sandbox.CheckReadable(CheckInitrd, d.cfg.Initrd, FixBuildImage))
 	if d.cfg.Snapshot {
-		checks = append(checks, CheckWritableDir(CheckSnapshotDir, d.cfg.SnapshotDir))
+		checks = append(checks, sandbox.CheckWritableDir(CheckSnapshotDir, d.cfg.SnapshotDir))
 	}
 	return checks
 }
@@ -73,51 +72,5 @@ func (d *Driver) checkAccel() sandbox.Check {
 			c.Fix = "remove the forced accelerator (TCG is used then), or load kvm_intel/kvm_amd and give access to /dev/kvm"
 		}
 	}
-	return c
-}
-
-// CheckReadable passes when path is a non-empty file this process can read.
-func CheckReadable(name, path, fix string) sandbox.Check {
-	c := sandbox.Check{Name: name, Fix: fix}
-	if path == "" {
-		c.Info = "not found"
-		return c
-	}
-	f, err := os.Open(path)
-	if err != nil {
-		c.Info = err.Error()
-		return c
-	}
-	defer f.Close()
-	st, err := f.Stat()
-	switch {
-	case err != nil:
-		c.Info = err.Error()
-	case st.IsDir():
-		c.Info = path + " is a directory"
-	case st.Size() == 0:
-		c.Info = path + " is empty"
-	default:
-		c.OK, c.Info, c.Fix = true, fmt.Sprintf("%s (%d MiB)", path, st.Size()>>20), ""
-	}
-	return c
-}
-
-// CheckWritableDir passes when dir exists (it is created) and a file can be
-// made in it.
-func CheckWritableDir(name, dir string) sandbox.Check {
-	c := sandbox.Check{Name: name, Fix: fmt.Sprintf("mkdir -p %s and make it writable by the node's user", dir)}
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		c.Info = err.Error()
-		return c
-	}
-	f, err := os.CreateTemp(dir, ".preflight-")
-	if err != nil {
-		c.Info = err.Error()
-		return c
-	}
-	f.Close()
-	os.Remove(f.Name())
-	c.OK, c.Info, c.Fix = true, dir+" is writable", ""
 	return c
 }
