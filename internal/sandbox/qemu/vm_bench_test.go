@@ -3,9 +3,12 @@ package qemu
 import (
 	"bufio"
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"fmt"
 	"log/slog"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -13,6 +16,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
+
+	"github.com/nex-engine/nex/internal/agentapi"
 	"github.com/nex-engine/nex/internal/sandbox"
 	"github.com/nex-engine/nex/internal/sandbox/sandboxtest"
 )
@@ -21,10 +27,11 @@ import (
 //
 //	NEX_VM_TESTS=1 go test ./internal/sandbox/qemu -run '^$' -bench . -benchtime 5x
 //
-// Each reports ms from Start to the agent's handshake on the internal NATS
-// ("ms/handshake") and to the guest having its config ("ms/config": what
-// the VMM and kernel take; the rest is the guest's agent starting and
-// connecting), or the host memory of an idle VM's QEMU process.
+// The boot benchmarks report ms from Start to the agent's handshake on the
+// internal NATS ("ms/handshake") and to the guest having its config
+// ("ms/config": what the VMM and kernel take; the rest is the guest's agent
+// starting and connecting); BenchmarkIdleMemory the host memory of an idle
+// VM's QEMU process; BenchmarkDeployEcho where a warm deploy's time goes.
 
 type benchVM struct {
 	a  *sandboxtest.Agent
@@ -183,4 +190,126 @@ func procMemKiB(b *testing.B, pid int) (rss, pss int) {
 		}
 	}
 	return rss, pss
+}
+
+// BenchmarkDeployEcho splits a deploy into a warm VM (a snapshot clone that
+// has handshaken) into its parts, with the artifact (the suite's 9 MB Go
+// echo workload) streamed over NATS by the agent or staged over the file
+// port first:
+//
+//   - ms/stage: Stage, host → guest tmpfs (0 when streaming);
+//   - ms/deploy: the deploy request until the agent's answer, which comes
+//     once it has the file (fetched and hashed, or renamed) and has started
+//     the process;
+//   - ms/first-reply: from there to the first echo answer: the Go
+//     workload's own start under emulation, its NATS connection through the
+//     agent's forwarder, its subscription;
+//   - ms/total: the sum.
+//
+// Each is the median of b.N deploys, each into a fresh clone.
+func BenchmarkDeployEcho(b *testing.B) {
+	for _, mode := range []string{"stream", "stage"} {
+		b.Run(mode, func(b *testing.B) {
+			d := benchDriver(b, true)
+			h := sandboxtest.NewHarness(b)
+			wlPath := sandboxtest.BuildWorkload(b)
+			wl, err := os.ReadFile(wlPath)
+			if err != nil {
+				b.Fatal(err)
+			}
+			sum := sha256.Sum256(wl)
+			hash := hex.EncodeToString(sum[:])
+			var stage, deploy, first, total []time.Duration
+			for range b.N {
+				s, dp, f := deployEchoOnce(b, d, h, wlPath, wl, hash, mode == "stage")
+				stage, deploy, first, total = append(stage, s), append(deploy, dp), append(first, f), append(total, s+dp+f)
+			}
+			for _, m := range []struct {
+				unit string
+				d    []time.Duration
+			}{{"ms/stage", stage}, {"ms/deploy", deploy}, {"ms/first-reply", first}, {"ms/total", total}} {
+				b.ReportMetric(float64(median(m.d).Microseconds())/1000, m.unit)
+			}
+			b.ReportMetric(0, "ns/op")
+		})
+	}
+}
+
+func deployEchoOnce(b *testing.B, d *Driver, h *sandboxtest.Harness, wlPath string, wl []byte, hash string, stage bool) (time.Duration, time.Duration, time.Duration) {
+	ctx, cancel := context.WithTimeout(context.Background(), vmTimeout)
+	defer cancel()
+	vms, _, _ := bootToHandshake(b, d, h, 1)
+	defer stopAll(vms)
+	ag, sb := vms[0].a, vms[0].sb
+	id := "wl-" + ag.ID
+	user, pass := h.Server.AddWorkloadUser(id)
+	defer h.Server.RemoveWorkloadUser(id)
+	cu, cp := h.Server.AddWorkloadUser("client-" + ag.ID)
+	defer h.Server.RemoveWorkloadUser("client-" + ag.ID)
+	client, err := nats.Connect(h.Server.ClientURL(), nats.UserInfo(cu, cp))
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer client.Close()
+	subject := "echo." + ag.ID
+	dep := agentapi.Deploy{WorkloadID: id, Name: "echo", Namespace: "default", Type: "native",
+		Argv: []string{"echo", subject}, Hash: hash, Size: int64(len(wl)), NATSUser: user, NATSPassword: pass}
+	artifact := wl
+
+	t0 := time.Now()
+	if stage {
+		if dep.StagedPath, err = sb.(sandbox.Stager).Stage(wlPath, hash); err != nil {
+			b.Fatal(err)
+		}
+		artifact = nil // a fetch over NATS would fail the deploy
+	}
+	t1 := time.Now()
+	if r, err := ag.Deploy(ctx, dep, artifact); err != nil || !r.OK {
+		b.Fatalf("deploy: %+v, %v", r, err)
+	}
+	t2 := time.Now()
+	// The workload says "ready" once subscribed; waiting for that line
+	// rather than retrying requests keeps the host's CPU off the guest's.
+	if err := ag.WaitLog(ctx, "stdout", "ready"); err != nil {
+		b.Fatal(err)
+	}
+	if m, err := client.RequestWithContext(ctx, subject, []byte("hi")); err != nil || string(m.Data) != "echo: hi" {
+		b.Fatalf("echo: %v, %v", m, err)
+	}
+	return t1.Sub(t0), t2.Sub(t1), time.Since(t2)
+}
+
+func median(d []time.Duration) time.Duration {
+	s := slices.Clone(d)
+	slices.Sort(s)
+	return s[len(s)/2]
+}
+
+// BenchmarkStage pushes the suite's 9 MB workload into one warm clone over
+// the file port, b.N times under one name (each replaces the last, so guest
+// RAM holds one copy): the median ms per file and MB/s.
+func BenchmarkStage(b *testing.B) {
+	d := benchDriver(b, true)
+	h := sandboxtest.NewHarness(b)
+	wl := sandboxtest.BuildWorkload(b)
+	st, err := os.Stat(wl)
+	if err != nil {
+		b.Fatal(err)
+	}
+	vms, _, _ := bootToHandshake(b, d, h, 1)
+	defer stopAll(vms)
+	var took []time.Duration
+	b.ResetTimer()
+	for range b.N {
+		t0 := time.Now()
+		if _, err := vms[0].sb.(sandbox.Stager).Stage(wl, "bench"); err != nil {
+			b.Fatal(err)
+		}
+		took = append(took, time.Since(t0))
+	}
+	b.StopTimer()
+	m := median(took)
+	b.ReportMetric(float64(m.Microseconds())/1000, "ms/stage")
+	b.ReportMetric(float64(st.Size())/1e6/m.Seconds(), "MB/s")
+	b.ReportMetric(0, "ns/op")
 }
