@@ -9,17 +9,15 @@ import (
 
 	"github.com/nex-engine/nex/internal/agentapi"
 	"github.com/nex-engine/nex/internal/sandbox"
+	"github.com/nex-engine/nex/internal/sandbox/vmm"
 )
 
-// Booting is data: an ordered list of named steps run by one loop that logs
-// each. A snapshot restore, should it come, is this list with the
-// configuration steps swapped for a PUT /snapshot/load.
-type step struct {
-	name string
-	run  func(ctx context.Context, v *vm) error
-}
-
-type steps []step
+// Booting is data (vmm.Steps): a snapshot restore, should it come, is this
+// list with the configuration steps swapped for a PUT /snapshot/load.
+type (
+	step  = vmm.Step[*vm]
+	steps = vmm.Steps[*vm]
+)
 
 // Step names; an error of Start names the step it came from.
 const (
@@ -37,29 +35,17 @@ const (
 
 func bootSteps() steps {
 	return steps{
-		{stepPrepareDir, prepareDir},
-		{stepLaunch, launch},
-		{stepWritePID, writePID},
-		{stepAwaitAPI, awaitAPI},
-		{stepMachineConfig, putMachineConfig},
-		{stepBootSource, putBootSource},
-		{stepVsock, putVsock},
-		{stepListenVsock, listenVsock},
-		{stepInstanceStart, instanceStart},
-		{stepLogStarted, logStarted},
+		{Name: stepPrepareDir, Run: prepareDir},
+		{Name: stepLaunch, Run: launch},
+		{Name: stepWritePID, Run: writePID},
+		{Name: stepAwaitAPI, Run: awaitAPI},
+		{Name: stepMachineConfig, Run: putMachineConfig},
+		{Name: stepBootSource, Run: putBootSource},
+		{Name: stepVsock, Run: putVsock},
+		{Name: stepListenVsock, Run: listenVsock},
+		{Name: stepInstanceStart, Run: instanceStart},
+		{Name: stepLogStarted, Run: logStarted},
 	}
-}
-
-// run runs the steps in order, logging each; the first error ends the boot.
-func (v *vm) run(ctx context.Context, s steps) error {
-	for _, st := range s {
-		t0 := time.Now()
-		if err := st.run(ctx, v); err != nil {
-			return fmt.Errorf("%s: %w", st.name, err)
-		}
-		v.log.Debug("Boot step done", logStep, st.name, logTook, time.Since(t0))
-	}
-	return nil
 }
 
 // Guest kernel command line. console=ttyS0: Firecracker's serial port, which
@@ -120,9 +106,9 @@ func awaitAPI(ctx context.Context, v *vm) error {
 			return nil
 		}
 		select {
-		case <-v.done:
-			if v.exitErr != nil {
-				return v.exitErr
+		case <-v.Done():
+			if err := v.Err(); err != nil {
+				return err
 			}
 			return errors.New("firecracker exited before its API answered")
 		case <-ctx.Done():

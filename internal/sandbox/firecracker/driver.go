@@ -51,8 +51,6 @@ const (
 const (
 	logVMID    = "vmid"
 	logPID     = "pid"
-	logStep    = "step"
-	logTook    = "took"
 	logConsole = "console"
 	logSocket  = "api_socket"
 )
@@ -139,7 +137,7 @@ func (d *Driver) Start(ctx context.Context, spec sandbox.Spec) (sandbox.Sandbox,
 	v := d.newVM(spec, nats)
 	ctx, cancel := context.WithTimeout(ctx, d.cfg.StartTimeout)
 	defer cancel()
-	if err := v.run(ctx, bootSteps()); err != nil {
+	if err := bootSteps().Run(ctx, v, v.log); err != nil {
 		v.abort()
 		return nil, fmt.Errorf("start vm %s: %w", spec.ID, err)
 	}

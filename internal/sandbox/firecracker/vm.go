@@ -2,24 +2,21 @@ package firecracker
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
 	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strconv"
 	"strings"
 	"sync"
-	"sync/atomic"
-	"syscall"
 	"time"
 
 	"github.com/nex-engine/nex/api"
 	"github.com/nex-engine/nex/internal/agentapi"
 	"github.com/nex-engine/nex/internal/sandbox"
+	"github.com/nex-engine/nex/internal/sandbox/vmm"
 )
 
 // How long Stop waits for Firecracker to end after SendCtrlAltDel before it
@@ -41,8 +38,7 @@ type vm struct {
 	nats  string            // host:port the vsock's NATS port is forwarded to
 	api   *Client
 
-	cmd *exec.Cmd
-	pid int
+	proc *vmm.Process // nil until launched
 
 	vsockMu     sync.Mutex
 	vsockLn     net.Listener
@@ -50,10 +46,6 @@ type vm struct {
 	// proxyCtx ends the vsock forwards when the VM ends.
 	proxyCtx    context.Context
 	proxyCancel context.CancelFunc
-
-	done          chan struct{}
-	exitErr       error // why it ended; read after done
-	stopRequested atomic.Bool
 }
 
 var _ sandbox.Sandbox = (*vm)(nil)
@@ -75,20 +67,13 @@ func (d *Driver) newVM(spec sandbox.Spec, nats string) *vm {
 
 func (v *vm) ID() string { return v.id }
 
-func (v *vm) PID() int { return v.pid }
+func (v *vm) PID() int { return v.proc.PID() }
 
-func (v *vm) Done() <-chan struct{} { return v.done }
+func (v *vm) Done() <-chan struct{} { return v.proc.Done() }
 
 // Err is sandbox.ErrStopped after a requested stop, nil when the guest ended
 // by itself and Firecracker exited cleanly, otherwise why it died.
-func (v *vm) Err() error {
-	select {
-	case <-v.done:
-		return v.exitErr
-	default:
-		return nil
-	}
-}
+func (v *vm) Err() error { return v.proc.Err() }
 
 func (v *vm) path(name string) string { return filepath.Join(v.dir, name) }
 
@@ -135,54 +120,22 @@ func (v *vm) launch() error {
 	cmd.Dir = v.dir
 	cmd.Stdout = console
 	cmd.Stderr = vmmLog
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
-	v.cmd = cmd
-	v.done = make(chan struct{})
-	if err := v.startLocked(); err != nil {
-		close(v.done)
-		return fmt.Errorf("launch %s: %w", bin, err)
-	}
-	return nil
+	v.proc, err = vmm.Start(cmd, vmm.Options{
+		Name:    "firecracker",
+		Log:     v.log,
+		Console: v.path(ConsoleFile),
+		Said:    v.vmmSaid,
+		OnExit:  v.closeHostSide,
+	})
+	return err
 }
 
-// startLocked starts Firecracker from a goroutine locked to its OS thread and
-// waits for it there. Linux sends the parent-death signal when the thread
-// that forked the child exits, and Go ends threads whose goroutine exits
-// while locked (as network-namespace code does): a thread held for the VM's
-// whole life is never one of those.
-func (v *vm) startLocked() error {
-	started := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		defer runtime.UnlockOSThread()
-		if err := v.cmd.Start(); err != nil {
-			started <- err
-			return
-		}
-		v.pid = v.cmd.Process.Pid
-		started <- nil
-		v.wait()
-	}()
-	return <-started
-}
-
-func (v *vm) wait() {
-	err := v.cmd.Wait()
+// closeHostSide ends what the host holds for the VM: the vsock listener,
+// its forwards and the API client.
+func (v *vm) closeHostSide() {
 	v.closeVsock()
 	v.proxyCancel()
 	v.api.Close()
-	switch {
-	case v.stopRequested.Load():
-		v.exitErr = sandbox.ErrStopped
-	case err != nil:
-		v.exitErr = fmt.Errorf("firecracker exited: %w%s", err, v.vmmSaid())
-	}
-	if v.exitErr != nil && !errors.Is(v.exitErr, sandbox.ErrStopped) {
-		v.log.Warn("Machine ended", "error", v.exitErr, logConsole, v.path(ConsoleFile))
-	} else {
-		v.log.Info("Machine ended", "reason", v.exitErr)
-	}
-	close(v.done)
 }
 
 // vmmSaid is the last line Firecracker wrote to stderr, for an exit error.
@@ -195,63 +148,25 @@ func (v *vm) vmmSaid() string {
 	if i := strings.LastIndexByte(s, '\n'); i >= 0 {
 		s = s[i+1:]
 	}
-	if s == "" {
-		return ""
-	}
-	return ": " + s
-}
-
-// kill ends Firecracker's whole process group at once.
-func (v *vm) kill() {
-	if v.pid > 0 {
-		_ = syscall.Kill(-v.pid, syscall.SIGKILL)
-	}
+	return s
 }
 
 // abort undoes a boot that failed part way: Firecracker killed and reaped,
-// the vsock listener closed even when Firecracker never started.
+// the host side closed even when Firecracker never started.
 func (v *vm) abort() {
-	v.stopRequested.Store(true)
-	v.kill()
-	if v.done != nil {
-		<-v.done
+	if v.proc != nil {
+		v.proc.Abort()
 	}
-	v.closeVsock()
-	v.proxyCancel()
-	v.api.Close()
+	v.closeHostSide()
 }
 
 // Stop presses Ctrl+Alt+Del on the guest (whose kernel reboots at once,
 // which ends Firecracker), waits briefly, then kills the process group. It
 // returns once Firecracker is gone.
 func (v *vm) Stop(ctx context.Context) error {
-	v.stopRequested.Store(true)
-	select {
-	case <-v.done:
-		return nil
-	default:
+	ctrlAltDel := func(ctx context.Context) error { return v.api.Action(ctx, SendCtrlAltDel) }
+	if err := v.proc.Stop(ctx, ctrlAltDel, actionTimeout, ctrlAltDelGrace); err != nil {
+		return fmt.Errorf("stop vm %s: %w", v.id, err)
 	}
-	actx, cancel := context.WithTimeout(ctx, actionTimeout)
-	err := v.api.Action(actx, SendCtrlAltDel)
-	cancel()
-	grace := ctrlAltDelGrace
-	if err != nil {
-		v.log.Debug("SendCtrlAltDel failed; killing", "error", err)
-		grace = 0
-	}
-	timer := time.NewTimer(grace)
-	defer timer.Stop()
-	select {
-	case <-v.done:
-		return nil
-	case <-timer.C:
-	case <-ctx.Done():
-	}
-	v.kill()
-	select {
-	case <-v.done:
-		return nil
-	case <-ctx.Done():
-		return fmt.Errorf("stop vm %s: %w", v.id, ctx.Err())
-	}
+	return nil
 }

@@ -5,21 +5,19 @@ import (
 	"fmt"
 	"net"
 	"os"
-	"time"
 
 	"github.com/nex-engine/nex/internal/sandbox"
+	"github.com/nex-engine/nex/internal/sandbox/vmm"
 )
 
 // Starting a VM is data: an ordered list of named steps run by one loop that
 // logs each. A snapshot clone is the cold boot with its command line swapped
 // and a restore step added; a template is the cold boot with the config
 // channel held instead of served, then saved.
-type step struct {
-	name string
-	run  func(ctx context.Context, v *vm) error
-}
-
-type steps []step
+type (
+	step  = vmm.Step[*vm]
+	steps = vmm.Steps[*vm]
+)
 
 // Step names.
 const (
@@ -42,14 +40,14 @@ const (
 // config channel and is then given its identity.
 func coldBoot() steps {
 	return steps{
-		{stepPrepareDir, prepareDir},
-		{stepListenConfig, listenConfig},
-		{stepListenFiles, listenFiles},
-		{stepBuildArgs, buildArgs},
-		{stepLaunch, launch},
-		{stepWritePID, writePID},
-		{stepRunningLogged, logStarted},
-		{stepServeConfig, serveConfig(true)},
+		{Name: stepPrepareDir, Run: prepareDir},
+		{Name: stepListenConfig, Run: listenConfig},
+		{Name: stepListenFiles, Run: listenFiles},
+		{Name: stepBuildArgs, Run: buildArgs},
+		{Name: stepLaunch, Run: launch},
+		{Name: stepWritePID, Run: writePID},
+		{Name: stepRunningLogged, Run: logStarted},
+		{Name: stepServeConfig, Run: serveConfig(true)},
 	}
 }
 
@@ -59,55 +57,19 @@ func coldBoot() steps {
 // config without waiting for it.
 func cloneBoot() steps {
 	return coldBoot().
-		insertBefore(stepPrepareDir, step{stepFindTemplate, findTemplate}).
-		replace(stepBuildArgs, step{stepBuildArgs, buildCloneArgs}).
-		insertBefore(stepRunningLogged, step{stepRestore, restoreSnapshot}).
-		replace(stepServeConfig, step{stepServeConfig, serveConfig(false)})
+		InsertBefore(stepPrepareDir, step{Name: stepFindTemplate, Run: findTemplate}).
+		Replace(stepBuildArgs, step{Name: stepBuildArgs, Run: buildCloneArgs}).
+		InsertBefore(stepRunningLogged, step{Name: stepRestore, Run: restoreSnapshot}).
+		Replace(stepServeConfig, step{Name: stepServeConfig, Run: serveConfig(false)})
 }
 
 // templateBoot boots a template: RAM in a shared file, the ready line awaited
 // but answered by nobody, then the running guest saved and QEMU quit.
 func templateBoot() steps {
 	return coldBoot().
-		replace(stepBuildArgs, step{stepBuildArgs, buildTemplateArgs}).
-		replace(stepServeConfig, step{stepAwaitReady, awaitReady}).
-		append(step{stepSaveSnapshot, saveSnapshot}, step{stepQuit, quit})
-}
-
-func (s steps) index(name string) int {
-	for i, st := range s {
-		if st.name == name {
-			return i
-		}
-	}
-	panic("qemu: no boot step " + name)
-}
-
-func (s steps) replace(name string, with step) steps {
-	out := append(steps(nil), s...)
-	out[s.index(name)] = with
-	return out
-}
-
-func (s steps) insertBefore(name string, add step) steps {
-	i := s.index(name)
-	out := append(steps(nil), s[:i]...)
-	out = append(out, add)
-	return append(out, s[i:]...)
-}
-
-func (s steps) append(add ...step) steps { return append(append(steps(nil), s...), add...) }
-
-// run runs the steps in order, logging each; the first error ends the boot.
-func (v *vm) run(ctx context.Context, s steps) error {
-	for _, st := range s {
-		t0 := time.Now()
-		if err := st.run(ctx, v); err != nil {
-			return fmt.Errorf("%s: %w", st.name, err)
-		}
-		v.log.Debug("Boot step done", logStep, st.name, logTook, time.Since(t0))
-	}
-	return nil
+		Replace(stepBuildArgs, step{Name: stepBuildArgs, Run: buildTemplateArgs}).
+		Replace(stepServeConfig, step{Name: stepAwaitReady, Run: awaitReady}).
+		Append(step{Name: stepSaveSnapshot, Run: saveSnapshot}, step{Name: stepQuit, Run: quit})
 }
 
 // The steps.

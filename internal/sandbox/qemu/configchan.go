@@ -140,7 +140,7 @@ func awaitReady(ctx context.Context, v *vm) error {
 	}
 	if v.exitedSoon() {
 		// QEMU's exit closed the channel: that is the reason.
-		return fmt.Errorf("guest ended before %s (console: %s): %w", agentapi.ReadyLine, v.path(consoleFile), v.exitErr)
+		return fmt.Errorf("guest ended before %s (console: %s): %w", agentapi.ReadyLine, v.path(consoleFile), v.Err())
 	}
 	return fmt.Errorf("waiting for %s: %w", agentapi.ReadyLine, err)
 }
@@ -149,7 +149,7 @@ func awaitReady(ctx context.Context, v *vm) error {
 // when the config channel breaks, QEMU's exit is usually why.
 func (v *vm) exitedSoon() bool {
 	select {
-	case <-v.done:
+	case <-v.Done():
 		return true
 	case <-time.After(2 * time.Second):
 		return false

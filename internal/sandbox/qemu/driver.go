@@ -27,6 +27,7 @@ import (
 	"github.com/nex-engine/nex/internal/accel"
 	"github.com/nex-engine/nex/internal/agentapi"
 	"github.com/nex-engine/nex/internal/sandbox"
+	"github.com/nex-engine/nex/internal/sandbox/vmm"
 )
 
 // Defaults.
@@ -43,8 +44,7 @@ const (
 	logPID     = "pid"
 	logAccel   = "accel"
 	logConsole = "console"
-	logStep    = "step"
-	logTook    = "took"
+	logTook    = vmm.LogTook
 )
 
 // Config configures the driver. Kernel and Initrd are required; the rest
@@ -208,7 +208,7 @@ func (d *Driver) Start(ctx context.Context, spec sandbox.Spec) (sandbox.Sandbox,
 	if d.cfg.Snapshot {
 		boot = cloneBoot()
 	}
-	if err := v.run(ctx, boot); err != nil {
+	if err := boot.Run(ctx, v, v.log); err != nil {
 		v.abort()
 		return nil, fmt.Errorf("start vm %s: %w", spec.ID, err)
 	}

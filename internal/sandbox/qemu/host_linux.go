@@ -3,7 +3,6 @@ package qemu
 import (
 	"os"
 	"sync"
-	"syscall"
 )
 
 // hostTSCkHz is computed once per process: the value does not change.
@@ -19,9 +18,3 @@ var hostTSCkHz = sync.OnceValue(func() int {
 // HostTSCkHz is the host's TSC frequency in kHz (0 when unknown), what a
 // microvm guest under TCG must be told with tsc_early_khz.
 func HostTSCkHz() int { return hostTSCkHz() }
-
-// procAttr puts QEMU in its own process group (so Stop and Reap can kill the
-// group) and has the kernel kill it if the node dies without stopping it.
-func procAttr() *syscall.SysProcAttr {
-	return &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
-}

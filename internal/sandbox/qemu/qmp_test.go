@@ -8,6 +8,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -34,7 +35,7 @@ func startPaused(t *testing.T) (qmpPath string, cmd *exec.Cmd) {
 	cmd = exec.Command(bin, "-M", "microvm", "-m", "32", "-nodefaults", "-no-user-config",
 		"-nographic", "-accel", "tcg", "-S", "-qmp", "unix:"+qmpSock+",server=on,wait=off")
 	cmd.Dir = dir
-	cmd.SysProcAttr = procAttr()
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}

@@ -112,7 +112,7 @@ func (d *Driver) buildTemplate(ctx context.Context, s Shape, t *template) error 
 	v := d.newVM("template-"+filepath.Base(t.dir)[:8], tmp, s)
 	v.mach.NATSHost, v.mach.NATSPort = "127.0.0.1", templatePort
 	v.mach.RAM = &ramFile{Path: filepath.Join(tmp, ramImage), Shared: true}
-	if err := v.run(ctx, templateBoot()); err != nil {
+	if err := templateBoot().Run(ctx, v, v.log); err != nil {
 		v.abort()
 		return err
 	}
@@ -277,7 +277,7 @@ func quit(ctx context.Context, v *vm) error {
 	_ = q.exec(ctx, "quit", nil, nil)
 	q.Close()
 	select {
-	case <-v.done:
+	case <-v.Done():
 		return nil
 	case <-ctx.Done():
 		return ctx.Err()
@@ -296,8 +296,8 @@ func poll(ctx context.Context, v *vm, cond func() (bool, error)) error {
 		}
 		select {
 		case <-t.C:
-		case <-v.done:
-			return fmt.Errorf("qemu exited (%v)", v.exitErr)
+		case <-v.Done():
+			return fmt.Errorf("qemu exited (%v)", v.Err())
 		case <-ctx.Done():
 			return ctx.Err()
 		}

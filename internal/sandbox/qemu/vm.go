@@ -12,11 +12,11 @@ import (
 	"path/filepath"
 	"strings"
 	"sync/atomic"
-	"syscall"
 	"time"
 
 	"github.com/nex-engine/nex/internal/agentapi"
 	"github.com/nex-engine/nex/internal/sandbox"
+	"github.com/nex-engine/nex/internal/sandbox/vmm"
 )
 
 // How long Stop waits for QEMU to quit on its own before killing it.
@@ -45,14 +45,10 @@ type vm struct {
 	// configured is closed once the guest has its config (benchmarks
 	// split boot time there: before it, the VMM and kernel; after, the agent).
 	configured chan struct{}
-	cmd        *exec.Cmd
 	stderr     bytes.Buffer // QEMU's own messages (bounded by what QEMU says)
 	conn       atomic.Pointer[net.Conn]
 
-	done          chan struct{}
-	exitErr       error // why it ended; read after done
-	failure       atomic.Pointer[error]
-	stopRequested atomic.Bool
+	proc *vmm.Process // nil until launched
 }
 
 var _ sandbox.Sandbox = (*vm)(nil)
@@ -80,28 +76,20 @@ func (d *Driver) newVM(id, dir string, s Shape) *vm {
 
 func (v *vm) ID() string { return v.id }
 
-func (v *vm) PID() int {
-	if v.cmd == nil || v.cmd.Process == nil {
-		return 0
-	}
-	return v.cmd.Process.Pid
-}
+func (v *vm) PID() int { return v.proc.PID() }
 
-func (v *vm) Done() <-chan struct{} { return v.done }
+// Done is closed once QEMU has exited (at once for a VM never launched).
+func (v *vm) Done() <-chan struct{} { return v.proc.Done() }
 
-func (v *vm) Err() error {
-	select {
-	case <-v.done:
-		return v.exitErr
-	default:
-		return nil
-	}
-}
+// Err is sandbox.ErrStopped after a requested stop, the failure that made
+// the driver kill the VM, nil when the guest powered off by itself, else
+// why QEMU died.
+func (v *vm) Err() error { return v.proc.Err() }
 
 func (v *vm) path(name string) string { return filepath.Join(v.dir, name) }
 
-// launch starts QEMU in its own process group with the sandbox dir as its
-// working directory, and a goroutine that records why it ended.
+// launch starts QEMU (vmm.Start: own process group, killed with the node)
+// with the sandbox dir as its working directory.
 func (v *vm) launch() error {
 	bin, err := v.d.binary()
 	if err != nil {
@@ -111,19 +99,19 @@ func (v *vm) launch() error {
 	cmd.Dir = v.dir
 	cmd.Stdout = &v.stderr
 	cmd.Stderr = &v.stderr
-	cmd.SysProcAttr = procAttr()
-	if err := cmd.Start(); err != nil {
-		return fmt.Errorf("launch %s: %w", bin, err)
-	}
-	v.cmd = cmd
-	v.done = make(chan struct{})
-	go v.wait()
-	return nil
+	v.proc, err = vmm.Start(cmd, vmm.Options{
+		Name:    "qemu",
+		Log:     v.log,
+		Console: v.path(consoleFile),
+		Said:    v.qemuSaid,
+		OnExit:  v.closeChannels,
+	})
+	return err
 }
 
-func (v *vm) wait() {
-	err := v.cmd.Wait()
-	// Unblock the config channel: its accept and reads end here.
+// closeChannels closes the host ends of the config and file ports: their
+// accepts and reads end here.
+func (v *vm) closeChannels() {
 	if v.ln != nil {
 		v.ln.Close()
 	}
@@ -133,72 +121,32 @@ func (v *vm) wait() {
 	if v.files != nil {
 		v.files.close()
 	}
-	switch {
-	case v.stopRequested.Load():
-		v.exitErr = sandbox.ErrStopped
-	case v.failure.Load() != nil:
-		v.exitErr = *v.failure.Load()
-	case err != nil:
-		v.exitErr = fmt.Errorf("qemu exited: %w%s", err, v.qemuSaid())
-	}
-	if v.exitErr != nil && !errors.Is(v.exitErr, sandbox.ErrStopped) {
-		v.log.Warn("Machine ended", "error", v.exitErr, logConsole, v.path(consoleFile))
-	} else {
-		v.log.Info("Machine ended", "reason", v.exitErr)
-	}
-	close(v.done)
 }
 
 // qemuSaid is the last line QEMU printed, to put in an exit error. Read only
 // after Wait returned, when nothing writes the buffer any more.
 func (v *vm) qemuSaid() string {
 	s := strings.TrimSpace(v.stderr.String())
-	if s == "" {
-		return ""
-	}
 	if i := strings.LastIndexByte(s, '\n'); i >= 0 {
 		s = s[i+1:]
 	}
-	return ": " + s
+	return s
 }
 
 // fail ends the VM because of err; Err reports err (unless a stop was asked).
 func (v *vm) fail(err error) {
-	if v.failure.CompareAndSwap(nil, &err) && !v.stopRequested.Load() {
-		v.log.Warn("Machine failed", "error", err)
-	}
-	v.kill()
-}
-
-// kill ends QEMU's whole process group at once.
-func (v *vm) kill() {
-	if pid := v.PID(); pid > 0 {
-		_ = syscall.Kill(-pid, syscall.SIGKILL)
+	if v.proc != nil {
+		v.proc.Fail(err)
 	}
 }
 
 // abort undoes a boot that failed part way: QEMU killed and reaped, the
-// config socket closed even when QEMU never started.
+// channels closed even when QEMU never started.
 func (v *vm) abort() {
-	v.stopRequested.Store(true)
-	v.kill()
-	<-v.doneOrNil()
-	if v.ln != nil {
-		v.ln.Close()
+	if v.proc != nil {
+		v.proc.Abort()
 	}
-	if v.files != nil {
-		v.files.close()
-	}
-}
-
-// doneOrNil is Done that also works before launch (a closed channel then).
-func (v *vm) doneOrNil() <-chan struct{} {
-	if v.done == nil {
-		c := make(chan struct{})
-		close(c)
-		return c
-	}
-	return v.done
+	v.closeChannels()
 }
 
 // Stop asks QEMU to quit over QMP and kills it if it has not after a grace
@@ -207,32 +155,21 @@ func (v *vm) doneOrNil() <-chan struct{} {
 // going. The guest has no ACPI daemon to act on system_powerdown, so the
 // driver asks QEMU itself to quit.
 func (v *vm) Stop(ctx context.Context) error {
-	v.stopRequested.Store(true)
-	done := v.doneOrNil()
-	select {
-	case <-done:
+	if v.proc == nil {
 		return nil
-	default:
 	}
-	qctx, cancel := context.WithTimeout(ctx, quitTimeout)
-	if q, err := dialQMP(qctx, v.path(qmpSock)); err == nil {
-		_ = q.exec(qctx, "quit", nil, nil)
-		q.Close()
+	quit := func(ctx context.Context) error {
+		q, err := dialQMP(ctx, v.path(qmpSock))
+		if err != nil {
+			return err
+		}
+		defer q.Close()
+		return q.exec(ctx, "quit", nil, nil)
 	}
-	cancel()
-	select {
-	case <-done:
-		return nil
-	case <-time.After(killGrace):
-	case <-ctx.Done():
+	if err := v.proc.Stop(ctx, quit, quitTimeout, killGrace); err != nil {
+		return fmt.Errorf("stop vm %s: %w", v.id, err)
 	}
-	v.kill()
-	select {
-	case <-done:
-		return nil
-	case <-ctx.Done():
-		return fmt.Errorf("stop vm %s: %w", v.id, ctx.Err())
-	}
+	return nil
 }
 
 // removeStale deletes sockets a previous run may have left in the directory;
