@@ -5,7 +5,6 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"log/slog"
 	"net"
 	"os"
 	"path/filepath"
@@ -54,7 +53,7 @@ func (a *apiOnly) driver(t *testing.T, mod func(*Config)) *Driver {
 		Args:   []string{"--boot", "none", "--debug"},
 		Kernel: a.kernel,
 		Initrd: a.initrd,
-		Log:    testLog(t),
+		Log:    sandboxtest.Log(t),
 	}
 	if mod != nil {
 		mod(&c)
@@ -414,27 +413,4 @@ func assertGone(t *testing.T, dir string) {
 	if err := syscall.Kill(pid, 0); !errors.Is(err, syscall.ESRCH) {
 		t.Errorf("VMM %d still exists after a failed Start (kill 0: %v)", pid, err)
 	}
-}
-
-// testLog sends the driver's log to the test's log; lines from goroutines
-// that outlive the test are dropped.
-func testLog(tb testing.TB) *slog.Logger {
-	w := &tbWriter{tb: tb}
-	tb.Cleanup(func() { w.mu.Lock(); w.done = true; w.mu.Unlock() })
-	return slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: slog.LevelDebug}))
-}
-
-type tbWriter struct {
-	tb   testing.TB
-	mu   sync.Mutex
-	done bool
-}
-
-func (w *tbWriter) Write(p []byte) (int, error) {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	if !w.done {
-		w.tb.Log(strings.TrimRight(string(p), "\n"))
-	}
-	return len(p), nil
 }

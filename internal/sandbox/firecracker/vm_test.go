@@ -86,7 +86,7 @@ func (a vmAssets) driver(t *testing.T) *Driver {
 		Args:   []string{"--nex", a.nex},
 		Kernel: a.img.Kernel,
 		Initrd: a.img.Initrd,
-		Log:    testLog(t),
+		Log:    sandboxtest.Log(t),
 	})
 	if err != nil {
 		t.Fatal(err)

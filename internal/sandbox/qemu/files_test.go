@@ -17,6 +17,7 @@ import (
 
 	"github.com/nex-engine/nex/internal/agent/vminit"
 	"github.com/nex-engine/nex/internal/agentapi"
+	"github.com/nex-engine/nex/internal/sandbox/sandboxtest"
 )
 
 // The host's writer against the guest's real file server (package vminit)
@@ -50,7 +51,7 @@ func (ft *fileTest) guest(t *testing.T) {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
-	s := &vminit.FileServer{Dir: ft.staged, Log: testLog(t), Room: ft.room}
+	s := &vminit.FileServer{Dir: ft.staged, Log: sandboxtest.Log(t), Room: ft.room}
 	go func() { defer close(done); _ = s.Serve(ctx, conn) }()
 	t.Cleanup(func() { cancel(); conn.Close(); <-done })
 }

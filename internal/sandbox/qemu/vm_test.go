@@ -3,7 +3,6 @@ package qemu
 import (
 	"bytes"
 	"context"
-	"log/slog"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -129,7 +128,7 @@ func (a vmAssets) driver(tb testing.TB, mod func(*Config)) *Driver {
 		Kernel:    a.img.Kernel,
 		Initrd:    a.img.Initrd,
 		Forwarder: []string{a.nex, ForwardSubcommand},
-		Log:       testLog(tb),
+		Log:       sandboxtest.Log(tb),
 	}
 	if mod != nil {
 		mod(&c)
@@ -139,29 +138,6 @@ func (a vmAssets) driver(tb testing.TB, mod func(*Config)) *Driver {
 		tb.Fatal(err)
 	}
 	return d
-}
-
-// testLog sends the driver's log to the test's log, shown on failure or -v;
-// lines from goroutines that outlive the test are dropped.
-func testLog(tb testing.TB) *slog.Logger {
-	w := &tbWriter{tb: tb}
-	tb.Cleanup(func() { w.mu.Lock(); w.done = true; w.mu.Unlock() })
-	return slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: slog.LevelDebug}))
-}
-
-type tbWriter struct {
-	tb   testing.TB
-	mu   sync.Mutex
-	done bool
-}
-
-func (w *tbWriter) Write(p []byte) (int, error) {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	if !w.done {
-		w.tb.Log(strings.TrimRight(string(p), "\n"))
-	}
-	return len(p), nil
 }
 
 func TestConformance(t *testing.T) {
