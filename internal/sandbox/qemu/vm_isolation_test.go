@@ -50,12 +50,16 @@ func startReady(t *testing.T, ctx context.Context, d *Driver, a *sandboxtest.Age
 // outside world.
 func TestGuestIsolation(t *testing.T) {
 	requireVM(t)
-	a := vmSetup(t)
+	inColdAndCloned(t, vmSetup(t), testIsolation)
+}
+
+// inColdAndCloned runs test on a driver that boots cold and on one that
+// restores snapshot clones.
+func inColdAndCloned(t *testing.T, a vmAssets, test func(*testing.T, *Driver)) {
 	for _, mode := range []string{"cold", "clone"} {
 		t.Run(mode, func(t *testing.T) {
 			snaps := t.TempDir()
-			d := a.driver(t, func(c *Config) { c.Snapshot, c.SnapshotDir = mode == "clone", snaps })
-			testIsolation(t, d)
+			test(t, a.driver(t, func(c *Config) { c.Snapshot, c.SnapshotDir = mode == "clone", snaps }))
 		})
 	}
 }

@@ -28,14 +28,7 @@ import (
 //     deploy.
 func TestStageIntoGuest(t *testing.T) {
 	requireVM(t)
-	a := vmSetup(t)
-	for _, mode := range []string{"cold", "clone"} {
-		t.Run(mode, func(t *testing.T) {
-			snaps := t.TempDir()
-			d := a.driver(t, func(c *Config) { c.Snapshot, c.SnapshotDir = mode == "clone", snaps })
-			testStage(t, d)
-		})
-	}
+	inColdAndCloned(t, vmSetup(t), testStage)
 }
 
 func testStage(t *testing.T, d *Driver) {
