@@ -22,6 +22,21 @@ func (g *Globals) controlClient(cmd string) (*controlclient.Client, func(), erro
 	return controlclient.New(nc, controlclient.WithTimeout(g.Timeout.D())), nc.Close, nil
 }
 
+// nodeClient connects for cmd and resolves ref (what resolveNode takes) to
+// a node id: the opening of every command aimed at one node.
+func (g *Globals) nodeClient(ctx context.Context, cmd, ref string) (*controlclient.Client, string, func(), error) {
+	cl, closeConn, err := g.controlClient(cmd)
+	if err != nil {
+		return nil, "", nil, err
+	}
+	node, err := resolveNode(ctx, cl, ref)
+	if err != nil {
+		closeConn()
+		return nil, "", nil, err
+	}
+	return cl, node, closeConn, nil
+}
+
 // resolveNode accepts a full node id, a unique prefix of one, or a node's
 // nex.nodename tag, so users can type what `nex node ls` shows.
 func resolveNode(ctx context.Context, cl *controlclient.Client, id string) (string, error) {

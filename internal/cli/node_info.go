@@ -20,15 +20,11 @@ type NodeInfoCmd struct {
 }
 
 func (c *NodeInfoCmd) Run(g *Globals, ctx context.Context) error {
-	cl, closeConn, err := g.controlClient("node info")
+	cl, node, closeConn, err := g.nodeClient(ctx, "node info", c.ID)
 	if err != nil {
 		return err
 	}
 	defer closeConn()
-	node, err := resolveNode(ctx, cl, c.ID)
-	if err != nil {
-		return err
-	}
 	info, err := cl.Info(ctx, g.Namespace, node)
 	if err != nil {
 		return err

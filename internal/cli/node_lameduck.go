@@ -13,15 +13,11 @@ type NodeLameduckCmd struct {
 }
 
 func (c *NodeLameduckCmd) Run(g *Globals, ctx context.Context) error {
-	cl, closeConn, err := g.controlClient("node lameduck")
+	cl, node, closeConn, err := g.nodeClient(ctx, "node lameduck", c.ID)
 	if err != nil {
 		return err
 	}
 	defer closeConn()
-	node, err := resolveNode(ctx, cl, c.ID)
-	if err != nil {
-		return err
-	}
 	res, err := cl.LameDuck(ctx, node)
 	if err != nil {
 		return err

@@ -59,16 +59,11 @@ func (c *RunCmd) Run(g *Globals, ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	cl, closeConn, err := g.controlClient("run")
+	cl, node, closeConn, err := g.nodeClient(ctx, "run", c.Node)
 	if err != nil {
 		return err
 	}
 	defer closeConn()
-
-	node, err := resolveNode(ctx, cl, c.Node)
-	if err != nil {
-		return err
-	}
 	xkey := c.Xkey
 	if xkey == "" {
 		if _, xkey, err = nodeXkey(ctx, cl, node); err != nil {

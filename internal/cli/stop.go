@@ -29,15 +29,11 @@ func (c *StopCmd) Run(g *Globals, ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	cl, closeConn, err := g.controlClient("stop")
+	cl, node, closeConn, err := g.nodeClient(ctx, "stop", c.Node)
 	if err != nil {
 		return err
 	}
 	defer closeConn()
-	node, err := resolveNode(ctx, cl, c.Node)
-	if err != nil {
-		return err
-	}
 	name, deployedAt := c.Name, time.Now()
 	if name == "" {
 		info, err := cl.Info(ctx, g.Namespace, node)
