@@ -204,7 +204,7 @@ func (o Options) checkFreeDisk(context.Context) sandbox.Check {
 // they are, that their templates have a writable home.
 func (o Options) checkSnapshots(context.Context) sandbox.Check {
 	if !o.Snapshot {
-		return sandbox.Check{OK: true, Info: "off: every VM boots cold (vm_snapshots: true restores clones, ≈ 0.2 s instead of ≈ 1.4 s)"}
+		return sandbox.Check{OK: true, Info: "off (vm_snapshots: false): every VM boots cold, ≈ 3 s each under TCG instead of ≈ 0.4 s for a clone"}
 	}
 	c := sandbox.CheckWritableDir(qemu.CheckSnapshotDir, o.SnapshotDir())
 	if c.OK {

@@ -59,7 +59,7 @@ func OptionsFromConfig(c *config.Config) Options {
 		Initrd:            c.RootfsFilepath,
 		QEMUBinary:        c.QEMUBinary,
 		FirecrackerBinary: c.FirecrackerBinary,
-		Snapshot:          c.VMSnapshots,
+		Snapshot:          c.Snapshots(),
 	}
 }
 

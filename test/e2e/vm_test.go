@@ -98,7 +98,10 @@ func TestQEMUNodeEchoFromVM(t *testing.T) {
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
-	for _, line := range []string{"accel=tcg", "Machine started", "Received agent handshake"} {
+	// vm_snapshots is on by default: one template saved, the pool's VMs
+	// restored from it.
+	for _, line := range []string{"accel=tcg", "Machine started", "Received agent handshake",
+		"Snapshot template saved", "snapshot_clone=true"} {
 		if !strings.Contains(n.logText(), line) {
 			t.Fatalf("log lacks %q:\n%s", line, n.logText())
 		}

@@ -48,8 +48,9 @@ type Config struct {
 	// default: the image `nex rootfs build` puts under the data dir.
 	KernelFilepath string `json:"kernel_filepath,omitempty"`
 	RootfsFilepath string `json:"rootfs_filepath,omitempty"`
-	// VMSnapshots fills the pool by restoring clones of a snapshotted VM.
-	VMSnapshots bool `json:"vm_snapshots,omitempty"`
+	// VMSnapshots fills a VM pool by restoring clones of a snapshotted VM
+	// instead of cold boots (default true; Snapshots reads it).
+	VMSnapshots *bool `json:"vm_snapshots,omitempty"`
 	// QEMUBinary and FirecrackerBinary override the VMM found in PATH.
 	QEMUBinary        string `json:"qemu_binary,omitempty"`
 	FirecrackerBinary string `json:"firecracker_binary,omitempty"`
@@ -331,6 +332,10 @@ func (c *Config) Validate() error {
 	}
 	return errors.Join(errs...)
 }
+
+// Snapshots reports whether VM pools are filled with snapshot clones: yes
+// unless vm_snapshots is false.
+func (c *Config) Snapshots() bool { return c.VMSnapshots == nil || *c.VMSnapshots }
 
 // PoolSize returns the configured pool size.
 func (c *Config) PoolSize() int {

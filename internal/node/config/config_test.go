@@ -14,7 +14,7 @@ func TestDefaults(t *testing.T) {
 	}
 	if c.PoolSize() != DefaultPoolSize || c.MachineTemplate.MemSizeMiB != DefaultMemMiB ||
 		c.Sandbox != SandboxAuto || c.InternalNodeHost != "127.0.0.1" || len(c.WorkloadTypes) != 1 ||
-		c.StateDir != filepath.Join(c.DataDir, "state") {
+		c.StateDir != filepath.Join(c.DataDir, "state") || !c.Snapshots() {
 		t.Fatalf("unexpected defaults: %+v", c)
 	}
 }
@@ -34,7 +34,8 @@ func TestValidFullConfig(t *testing.T) {
 	  "internal_node_host": "127.0.0.1", "internal_node_port": 0,
 	  "node_limits": {"max_workloads": 3, "max_workload_bytes": 1048576},
 	  "data_dir": "` + dir + `",
-	  "handshake_timeout": "5s", "agent_ping_interval": 2000, "heartbeat_interval": "1m"
+	  "handshake_timeout": "5s", "agent_ping_interval": 2000, "heartbeat_interval": "1m",
+	  "vm_snapshots": false
 	}`
 	path := filepath.Join(dir, "c.json")
 	_ = os.WriteFile(path, []byte(doc), 0o644)
@@ -42,7 +43,7 @@ func TestValidFullConfig(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if c.PoolSize() != 2 || c.NodeLimits.MaxWorkloads != 3 || c.AgentPingInterval.D().Seconds() != 2 {
+	if c.PoolSize() != 2 || c.NodeLimits.MaxWorkloads != 3 || c.AgentPingInterval.D().Seconds() != 2 || c.Snapshots() {
 		t.Fatalf("decoded %+v", c)
 	}
 }

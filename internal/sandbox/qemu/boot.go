@@ -32,7 +32,6 @@ const (
 	stepAwaitReady    = "await guest ready"
 	stepSaveSnapshot  = "save snapshot"
 	stepQuit          = "quit"
-	stepFindTemplate  = "find template"
 	stepRunningLogged = "log machine started"
 )
 
@@ -57,7 +56,6 @@ func coldBoot() steps {
 // config without waiting for it.
 func cloneBoot() steps {
 	return coldBoot().
-		InsertBefore(stepPrepareDir, step{Name: stepFindTemplate, Run: findTemplate}).
 		Replace(stepBuildArgs, step{Name: stepBuildArgs, Run: buildCloneArgs}).
 		InsertBefore(stepRunningLogged, step{Name: stepRestore, Run: restoreSnapshot}).
 		Replace(stepServeConfig, step{Name: stepServeConfig, Run: serveConfig(false)})

@@ -206,10 +206,22 @@ func (d *Driver) Start(ctx context.Context, spec sandbox.Spec) (sandbox.Sandbox,
 	defer cancel()
 	boot := coldBoot()
 	if d.cfg.Snapshot {
-		boot = cloneBoot()
+		// A template that cannot be built costs this sandbox a cold boot,
+		// not the pool its sandboxes.
+		switch t, err := d.template(ctx, v.shape); {
+		case err == nil:
+			v.clone, boot = t, cloneBoot()
+		case errors.Is(err, errTemplateFailed):
+			v.log.Debug("Booting cold: no snapshot template", "error", err)
+		default:
+			v.log.Warn("Booting cold: no snapshot template", "error", err)
+		}
 	}
 	if err := boot.Run(ctx, v, v.log); err != nil {
 		v.abort()
+		if v.clone != nil && errors.Is(err, errRestore) {
+			d.forgetTemplate(v.shape, v.clone, err)
+		}
 		return nil, fmt.Errorf("start vm %s: %w", spec.ID, err)
 	}
 	return v, nil

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -51,7 +52,18 @@ type template struct {
 type templateEntry struct {
 	mu sync.Mutex
 	t  *template
+	// failed is when building the template last failed, and why: until
+	// templateRetry later, starts boot cold instead of building again.
+	failed    time.Time
+	failedErr error
 }
+
+// templateRetry is how long a failed template build is remembered: every
+// attempt costs a cold boot, so a pool does not pay for one per sandbox.
+const templateRetry = 5 * time.Minute
+
+// errTemplateFailed marks a template that failed to build a moment ago.
+var errTemplateFailed = errors.New("snapshot template failed to build")
 
 // Prepare makes sure the template of shape s exists, booting and saving one
 // if needed. Start calls it lazily; a node may call it up front so the first
@@ -80,6 +92,9 @@ func (d *Driver) template(ctx context.Context, s Shape) (*template, error) {
 	if e.t != nil {
 		return e.t, nil
 	}
+	if !e.failed.IsZero() && time.Since(e.failed) < templateRetry {
+		return nil, fmt.Errorf("%w %s ago: %w", errTemplateFailed, time.Since(e.failed).Round(time.Second), e.failedErr)
+	}
 	key, err := d.templateKey(s)
 	if err != nil {
 		return nil, err
@@ -88,11 +103,33 @@ func (d *Driver) template(ctx context.Context, s Shape) (*template, error) {
 	t.ram, t.state = filepath.Join(t.dir, ramImage), filepath.Join(t.dir, stateFile)
 	if !fileExists(t.state) || !fileExists(t.ram) {
 		if err := d.buildTemplate(ctx, s, t); err != nil {
+			e.failed, e.failedErr = time.Now(), err
 			return nil, fmt.Errorf("build snapshot template %s: %w", key, err)
 		}
 	}
-	e.t = t
+	e.t, e.failed, e.failedErr = t, time.Time{}, nil
 	return t, nil
+}
+
+// forgetTemplate drops a template whose clone failed to restore, files and
+// all, so the next start builds it again. Clones running from it keep their
+// mapping of its RAM file.
+func (d *Driver) forgetTemplate(s Shape, t *template, why error) {
+	d.tmu.Lock()
+	e := d.templates[s]
+	d.tmu.Unlock()
+	if e == nil {
+		return
+	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.t != t {
+		return
+	}
+	e.t = nil
+	d.log.Warn("Snapshot template dropped: a clone failed to restore from it; the next start builds it again",
+		"dir", t.dir, "error", why)
+	_ = os.RemoveAll(t.dir)
 }
 
 // buildTemplate boots the template in a temporary directory and renames it
@@ -188,15 +225,6 @@ func (d *Driver) hashInputs() (string, error) {
 
 // The snapshot steps.
 
-func findTemplate(ctx context.Context, v *vm) error {
-	t, err := v.d.template(ctx, Shape{VCPU: v.mach.VCPU, MemoryMiB: v.mach.MemoryMiB})
-	if err != nil {
-		return err
-	}
-	v.clone = t
-	return nil
-}
-
 func buildTemplateArgs(ctx context.Context, v *vm) error {
 	v.args = v.mach.args()
 	return nil
@@ -211,9 +239,21 @@ func buildCloneArgs(ctx context.Context, v *vm) error {
 	return nil
 }
 
+// errRestore marks a clone whose QEMU ended while it loaded the template:
+// the template's files are unusable (a different QEMU, a truncated file).
+var errRestore = errors.New("restore from the snapshot template failed")
+
 // restoreSnapshot loads the template's device state into the waiting clone.
 // x-ignore-shared must be on at both ends: RAM is not in the stream.
 func restoreSnapshot(ctx context.Context, v *vm) error {
+	err := loadTemplate(ctx, v)
+	if err != nil && ctx.Err() == nil && v.exitedSoon() {
+		return fmt.Errorf("%w: %w", errRestore, err)
+	}
+	return err
+}
+
+func loadTemplate(ctx context.Context, v *vm) error {
 	q, err := dialQMP(ctx, v.path(qmpSock))
 	if err != nil {
 		return err

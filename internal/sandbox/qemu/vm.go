@@ -32,6 +32,7 @@ type vm struct {
 	dir   string
 	log   *slog.Logger
 	mach  machine
+	shape Shape
 	args  []string
 	clone *template // set when restored from a snapshot
 
@@ -60,6 +61,7 @@ func (d *Driver) newVM(id, dir string, s Shape) *vm {
 		dir:        dir,
 		log:        d.log.With(logVMID, id),
 		configured: make(chan struct{}),
+		shape:      s,
 		mach: machine{
 			Name:      "nex-" + id,
 			Kernel:    d.cfg.Kernel,
