@@ -21,8 +21,11 @@ import (
 // (memory-backend-file, share=on) and the migration stream, with the
 // x-ignore-shared capability, holds only device state. Each clone maps that
 // RAM file privately (share=off, copy-on-write) and loads the device state
-// with -incoming defer + migrate-incoming: ≈ 0.2 s and ≈ 55 MiB RSS here,
-// against ≈ 1.4 s and ≈ 205 MiB for a cold boot.
+// with -incoming defer + migrate-incoming: to the agent's handshake
+// ≈ 0.4 s and ≈ 66 MiB PSS here under TCG, against ≈ 3 s and ≈ 240 MiB for
+// a cold boot (docs/BENCHMARKS.md). The node uses clones unless
+// vm_snapshots is false; a template that cannot be built or restored from
+// costs cold boots, never the pool.
 //
 // The template is saved before its guest has any identity: it wrote the
 // ready line and blocks reading its config. Each clone then gets its own
