@@ -23,12 +23,12 @@ func percentile(d []time.Duration, p float64) time.Duration {
 // iteration deploys, waits for the echo, then stops the workload and lets
 // the pool refill outside the timed part. Reports p50/p99 in ms, once with
 // the refill a deploy causes started at once and once with the node's
-// refillDelay, in the same run.
+// refill delay, in the same run.
 func BenchmarkDeployToFirstReply(b *testing.B) {
-	saved := refillDelay
-	defer func() { refillDelay = saved }()
+	saved := refillDelays["process"]
+	defer func() { refillDelays["process"] = saved }()
 	for _, d := range []time.Duration{0, saved} {
-		refillDelay = d
+		refillDelays["process"] = d
 		b.Run("refill_delay="+d.String(), benchmarkDeployToFirstReply)
 	}
 }

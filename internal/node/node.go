@@ -35,11 +35,23 @@ const (
 	keyNS       = "namespace"
 )
 
-// refillDelay holds back the pool refill a deploy causes: a process
-// workload needs ≈ 5–10 ms to start and answer, and a new agent starting on
-// the same cores at that moment delays it (docs/BENCHMARKS.md). A variable
-// so the benchmark can compare it with an immediate refill.
-var refillDelay = 50 * time.Millisecond
+// refillDelays hold back the pool refill a deploy causes
+// (pool.Options.RefillDelay), by driver: the new sandbox would start on the
+// same cores at the moment the deployed workload does, and delay it
+// (docs/BENCHMARKS.md). A process workload needs ≈ 5–10 ms to start and
+// answer; a workload in a microVM under TCG ≈ 0.8 s, and a clone restoring
+// next to it made that 1.0–1.2 s. Variables so benchmarks can compare.
+var (
+	refillDelays       = map[string]time.Duration{"process": 50 * time.Millisecond}
+	defaultRefillDelay = time.Second
+)
+
+func refillDelay(driver string) time.Duration {
+	if d, ok := refillDelays[driver]; ok {
+		return d
+	}
+	return defaultRefillDelay
+}
 
 // Options are what a node is made of besides its config.
 type Options struct {
@@ -170,7 +182,7 @@ func (n *Node) Start() error {
 		Parallel: max(2, runtime.NumCPU()),
 		// A deployed workload starts in the sandbox just taken; the refill's
 		// new sandbox would compete with it for the CPU at that moment.
-		RefillDelay: refillDelay,
+		RefillDelay: refillDelay(n.o.Driver.Name()),
 		Log:         n.log,
 	})
 	n.api = controlapi.New(n.o.Control, n, n.log)

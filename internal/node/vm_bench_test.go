@@ -2,6 +2,7 @@ package node
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -16,7 +17,10 @@ import (
 
 // BenchmarkVMDeployToFirstReply is BenchmarkDeployToFirstReply with the
 // qemu driver: DEPLOY sent → first answer from the echo workload running in
-// a warm microVM (TCG here). snapshot=true fills the pool with clones.
+// a warm microVM (TCG here). snapshot=true fills the pool with clones;
+// refill_delay is how long the refill a deploy causes is held back (the
+// node's default for VM drivers, and the process driver's 50 ms for
+// comparison in the same run).
 func BenchmarkVMDeployToFirstReply(b *testing.B) {
 	if os.Getenv("NEX_VM_TESTS") != "1" {
 		b.Skip("microVM benchmark: set NEX_VM_TESTS=1")
@@ -34,8 +38,15 @@ func BenchmarkVMDeployToFirstReply(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	for _, snap := range []bool{false, true} {
-		b.Run("snapshot="+strconv.FormatBool(snap), func(b *testing.B) {
+	saved := defaultRefillDelay
+	defer func() { defaultRefillDelay = saved }()
+	for _, run := range []struct {
+		snap  bool
+		delay time.Duration
+	}{{false, saved}, {true, saved}, {true, 50 * time.Millisecond}} {
+		snap := run.snap
+		defaultRefillDelay = run.delay
+		b.Run(fmt.Sprintf("snapshot=%v/refill_delay=%v", snap, run.delay), func(b *testing.B) {
 			// unix socket paths must fit 108 bytes: keep the state dir short.
 			short, err := os.MkdirTemp("", "nexvm")
 			if err != nil {
