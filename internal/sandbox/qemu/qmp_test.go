@@ -165,8 +165,9 @@ func TestStopAndExitErrors(t *testing.T) {
 	}
 }
 
-// TestTemplateFailure: a template that cannot boot fails the clone's Start
-// with QEMU's own reason, and leaves no half-made template behind.
+// TestTemplateFailure: a template that cannot boot costs a cold boot, its
+// failure is remembered with QEMU's own reason, and no half-made template
+// is left behind.
 func TestTemplateFailure(t *testing.T) {
 	requireQEMU(t)
 	snaps := t.TempDir()
@@ -184,9 +185,27 @@ func TestTemplateFailure(t *testing.T) {
 	}
 	spec := sandbox.Spec{ID: "clone1", Dir: t.TempDir(),
 		Agent: agentapi.Metadata{SandboxID: "clone1", NATSURL: "nats://127.0.0.1:4222", Seed: "SUTEST"}}
-	_, err = d.Start(context.Background(), spec)
-	if err == nil || !strings.Contains(err.Error(), "snapshot template") || !strings.Contains(err.Error(), "qemu exited") {
-		t.Fatalf("Start with an unbootable template: %v; want the template's QEMU exit", err)
+	// The template's QEMU exits; the start falls back to a cold boot,
+	// whose QEMU exits too (the kernel is no kernel), and says why.
+	sb, err := d.Start(context.Background(), spec)
+	if err != nil {
+		t.Fatalf("a template that cannot be built must cost a cold boot, not the start: %v", err)
+	}
+	defer sb.Stop(context.Background())
+	if sb.(*vm).clone != nil {
+		t.Fatal("restored a clone of a template that could not be built")
+	}
+	select {
+	case <-sb.Done():
+	case <-time.After(time.Minute):
+		t.Fatal("the cold boot of no kernel did not end")
+	}
+	if err := sb.Err(); err == nil || !strings.Contains(err.Error(), "qemu exited") {
+		t.Fatalf("cold boot of no kernel: %v; want QEMU's exit", err)
+	}
+	_, err = d.template(context.Background(), d.shapeOf(spec))
+	if !errors.Is(err, errTemplateFailed) || !strings.Contains(err.Error(), "qemu exited") {
+		t.Fatalf("the template failure was not remembered with its reason: %v", err)
 	}
 	if left, _ := os.ReadDir(snaps); len(left) != 0 {
 		t.Fatalf("snapshot dir keeps %d entries after a failed template", len(left))
