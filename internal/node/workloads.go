@@ -124,7 +124,7 @@ func (n *Node) start(ctx context.Context, w *workload) error {
 		Hash: w.hash, Size: w.size, NATSUser: user, NATSPassword: pass}
 
 	if st, ok := h.sb.(sandbox.Stager); ok && !n.testNoStaging {
-		if d.StagedPath, err = st.Stage(w.artifactPath, w.hash); err != nil {
+		if d.StagedPath, err = st.Stage(ctx, w.artifactPath, w.hash); err != nil {
 			n.log.Warn("staging the artifact failed; the agent will fetch it over NATS", keyVMID, h.id, "error", err)
 			d.StagedPath = ""
 		}

@@ -57,9 +57,9 @@ type Unsafe interface{ Unsafe() bool }
 // filesystem (the process sandbox): the node copies the artifact, already
 // verified, into the sandbox's own work dir instead of streaming it over
 // NATS. The agent still checks size and hash before it runs it. Stage
-// returns the path the agent sees.
+// returns the path the agent sees; ctx bounds the transfer (the deploy's).
 type Stager interface {
-	Stage(src, name string) (string, error)
+	Stage(ctx context.Context, src, name string) (string, error)
 }
 
 // Check is one line of a preflight report.

@@ -155,7 +155,7 @@ var (
 // the workload nothing it lacks: a process sandbox runs as the node's user
 // beside the node's files, and Linux refuses writes to a file being
 // executed.
-func (s *Sandbox) Stage(src, name string) (string, error) {
+func (s *Sandbox) Stage(_ context.Context, src, name string) (string, error) {
 	dst := filepath.Join(s.work, ".staged-"+filepath.Base(name))
 	if err := os.Link(src, dst); err == nil {
 		return dst, nil

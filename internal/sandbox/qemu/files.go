@@ -2,6 +2,7 @@ package qemu
 
 import (
 	"bufio"
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -58,12 +59,12 @@ var _ sandbox.Stager = (*vm)(nil)
 // Stage implements sandbox.Stager: it pushes src (already verified by the
 // node) into the guest as agentapi.StagedDir/name and returns that path.
 // On any error the node streams the artifact over NATS as before.
-func (v *vm) Stage(src, name string) (string, error) {
+func (v *vm) Stage(ctx context.Context, src, name string) (string, error) {
 	if v.files == nil {
 		return "", fmt.Errorf("stage into vm %s: no file port", v.id)
 	}
 	t0 := time.Now()
-	path, n, err := v.files.push(src, name)
+	path, n, err := v.files.push(ctx, src, name)
 	if err != nil {
 		return "", fmt.Errorf("stage into vm %s: %w", v.id, err)
 	}
@@ -75,8 +76,12 @@ func (v *vm) Stage(src, name string) (string, error) {
 
 func newFilePort(ln *net.UnixListener) *filePort { return &filePort{ln: ln, timeout: stageTimeout} }
 
-// push sends one file and returns where the guest put it.
-func (p *filePort) push(src, name string) (string, int64, error) {
+// push sends one file and returns where the guest put it. It gives up at
+// the transfer's deadline or when ctx ends, whichever comes first.
+func (p *filePort) push(ctx context.Context, src, name string) (string, int64, error) {
+	if err := ctx.Err(); err != nil {
+		return "", 0, err
+	}
 	if err := agentapi.CheckStagedName(name); err != nil {
 		return "", 0, err
 	}
@@ -100,13 +105,22 @@ func (p *filePort) push(src, name string) (string, int64, error) {
 		return "", size, fmt.Errorf("file port unusable: %w", p.broken)
 	}
 	deadline := time.Now().Add(p.timeout(size))
-	conn, err := p.connect(deadline)
+	if d, ok := ctx.Deadline(); ok && d.Before(deadline) {
+		deadline = d
+	}
+	conn, err := p.connect(ctx, deadline)
 	if err != nil {
-		p.broken = err
+		if ctx.Err() == nil { // QEMU never connected: the port is no use
+			p.broken = err
+		}
 		return "", size, err
 	}
 	conn.SetDeadline(deadline)
+	stop := context.AfterFunc(ctx, func() { conn.SetDeadline(time.Unix(1, 0)) })
 	path, err := sendFile(conn, p.r, name, size, f)
+	if !stop() && err != nil {
+		err = fmt.Errorf("%w (%w)", ctx.Err(), err)
+	}
 	var refused *refusedError
 	switch {
 	case errors.As(err, &refused):
@@ -123,7 +137,7 @@ func (p *filePort) push(src, name string) (string, int64, error) {
 
 // connect takes QEMU's connection the first time (it waits in the
 // listener's backlog since QEMU started).
-func (p *filePort) connect(deadline time.Time) (net.Conn, error) {
+func (p *filePort) connect(ctx context.Context, deadline time.Time) (net.Conn, error) {
 	p.cmu.Lock()
 	conn, closed := p.conn, p.closed
 	p.cmu.Unlock()
@@ -134,7 +148,9 @@ func (p *filePort) connect(deadline time.Time) (net.Conn, error) {
 		return conn, nil
 	}
 	p.ln.SetDeadline(deadline)
+	stop := context.AfterFunc(ctx, func() { p.ln.SetDeadline(time.Unix(1, 0)) })
 	conn, err := p.ln.Accept()
+	stop()
 	if err != nil {
 		return nil, fmt.Errorf("accept qemu's connection: %w", err)
 	}

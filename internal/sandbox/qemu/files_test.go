@@ -81,7 +81,7 @@ func TestFilePortStagesIntoGuestServer(t *testing.T) {
 		wg.Go(func() {
 			src, want := artifact(t, 2<<20+i*4099)
 			name := fmt.Sprintf("f%d", i)
-			path, n, err := ft.port.push(src, name)
+			path, n, err := ft.port.push(context.Background(), src, name)
 			if err != nil {
 				errs[i] = err
 				return
@@ -107,14 +107,14 @@ func TestFilePortGuestRefusal(t *testing.T) {
 	ft := newFileTest(t, func(string) (int64, error) { return 1 << 20, nil })
 	ft.guest(t)
 	src, _ := artifact(t, 2<<20)
-	_, _, err := ft.port.push(src, "big")
+	_, _, err := ft.port.push(context.Background(), src, "big")
 	var refused *refusedError
 	if !errors.As(err, &refused) || !strings.Contains(err.Error(), "does not fit") {
 		t.Fatalf("push = %v, want the guest's refusal", err)
 	}
 	// The port stays in step after a refusal.
 	small, want := artifact(t, 1000)
-	path, _, err := ft.port.push(small, "small")
+	path, _, err := ft.port.push(context.Background(), small, "small")
 	if err != nil {
 		t.Fatalf("push after a refusal: %v", err)
 	}
@@ -127,7 +127,7 @@ func TestFilePortBadName(t *testing.T) {
 	ft := newFileTest(t, plentyOfRoom)
 	src, _ := artifact(t, 10)
 	for _, name := range []string{"", "..", "../x", "a/b", ".hidden"} {
-		if _, _, err := ft.port.push(src, name); err == nil || !strings.Contains(err.Error(), "staged file name") {
+		if _, _, err := ft.port.push(context.Background(), src, name); err == nil || !strings.Contains(err.Error(), "staged file name") {
 			t.Errorf("push(%q) = %v, want a name error", name, err)
 		}
 	}
@@ -149,12 +149,12 @@ func TestFilePortGuestStopsReading(t *testing.T) {
 	}
 	defer conn.Close()
 	src, _ := artifact(t, 16<<20) // far more than the socket buffers
-	_, _, err = ft.port.push(src, "stuck")
+	_, _, err = ft.port.push(context.Background(), src, "stuck")
 	var ne net.Error
 	if !errors.As(err, &ne) || !ne.Timeout() {
 		t.Fatalf("push to a guest that does not read = %v, want a timeout", err)
 	}
-	if _, _, err := ft.port.push(src, "again"); err == nil || !strings.Contains(err.Error(), "unusable") {
+	if _, _, err := ft.port.push(context.Background(), src, "again"); err == nil || !strings.Contains(err.Error(), "unusable") {
 		t.Fatalf("push after a cut-off frame = %v, want the port unusable", err)
 	}
 	// The host hung up, which tells the guest the frame is void.
@@ -164,11 +164,43 @@ func TestFilePortGuestStopsReading(t *testing.T) {
 	}
 }
 
+// The deploy's context bounds a transfer too: a deploy that is given up
+// ends its transfer at once, well before the transfer's own deadline.
+func TestFilePortContextEndsTransfer(t *testing.T) {
+	ft := newFileTest(t, plentyOfRoom)
+	ft.port.timeout = func(int64) time.Duration { return time.Hour }
+	conn, err := net.Dial("unix", ft.port.ln.Addr().String()) // connected, never read
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	src, _ := artifact(t, 16<<20)
+	ctx, cancel := context.WithCancel(context.Background())
+	time.AfterFunc(200*time.Millisecond, cancel)
+	done := make(chan error, 1)
+	go func() { _, _, err := ft.port.push(ctx, src, "given-up"); done <- err }()
+	select {
+	case err := <-done:
+		if !errors.Is(err, context.Canceled) {
+			t.Fatalf("push whose deploy was given up = %v, want context.Canceled", err)
+		}
+	case <-time.After(time.Minute):
+		t.Fatal("push went on after its context ended")
+	}
+	if _, _, err := ft.port.push(context.Background(), src, "after"); err == nil || !strings.Contains(err.Error(), "unusable") {
+		t.Fatalf("push after a cut-off frame = %v, want the port unusable", err)
+	}
+	// A context that has already ended sends nothing.
+	if _, _, err := ft.port.push(ctx, src, "late"); !errors.Is(err, context.Canceled) {
+		t.Fatalf("push with an ended context = %v", err)
+	}
+}
+
 func TestFilePortVMEnded(t *testing.T) {
 	ft := newFileTest(t, plentyOfRoom)
 	ft.port.close()
 	src, _ := artifact(t, 10)
-	if _, _, err := ft.port.push(src, "late"); err == nil || !strings.Contains(err.Error(), "ended") {
+	if _, _, err := ft.port.push(context.Background(), src, "late"); err == nil || !strings.Contains(err.Error(), "ended") {
 		t.Fatalf("push after the vm ended = %v", err)
 	}
 }

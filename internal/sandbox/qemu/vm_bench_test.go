@@ -258,7 +258,7 @@ func deployEchoOnce(b *testing.B, d *Driver, h *sandboxtest.Harness, wlPath stri
 
 	t0 := time.Now()
 	if stage {
-		if dep.StagedPath, err = sb.(sandbox.Stager).Stage(wlPath, hash); err != nil {
+		if dep.StagedPath, err = sb.(sandbox.Stager).Stage(context.Background(), wlPath, hash); err != nil {
 			b.Fatal(err)
 		}
 		artifact = nil // a fetch over NATS would fail the deploy
@@ -302,7 +302,7 @@ func BenchmarkStage(b *testing.B) {
 	b.ResetTimer()
 	for range b.N {
 		t0 := time.Now()
-		if _, err := vms[0].sb.(sandbox.Stager).Stage(wl, "bench"); err != nil {
+		if _, err := vms[0].sb.(sandbox.Stager).Stage(context.Background(), wl, "bench"); err != nil {
 			b.Fatal(err)
 		}
 		took = append(took, time.Since(t0))

@@ -44,13 +44,13 @@ func testStage(t *testing.T, d *Driver) {
 
 	// The default guest (128 MiB) cannot hold 96 MiB in its tmpfs.
 	big := writeRandom(t, 96<<20)
-	if _, err := st.Stage(big, "big"); err == nil || !strings.Contains(err.Error(), "does not fit") ||
+	if _, err := st.Stage(ctx, big, "big"); err == nil || !strings.Contains(err.Error(), "does not fit") ||
 		!strings.Contains(err.Error(), "memsize_mib") {
 		t.Fatalf("staging 96 MiB into a 128 MiB guest: %v; want a clear refusal", err)
 	}
 
 	data := writeRandom(t, 5<<20+123)
-	dataPath, err := st.Stage(data, "data")
+	dataPath, err := st.Stage(ctx, data, "data")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -65,7 +65,7 @@ func testStage(t *testing.T, d *Driver) {
 	}
 	sum := sha256.Sum256(probe)
 	hash := hex.EncodeToString(sum[:])
-	staged, err := st.Stage(probePath, hash)
+	staged, err := st.Stage(ctx, probePath, hash)
 	if err != nil {
 		t.Fatal(err)
 	}
