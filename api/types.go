@@ -100,6 +100,9 @@ type PoolStatus struct {
 	Starting int    `json:"starting"`
 	Failures int    `json:"consecutive_failures"`
 	LastErr  string `json:"last_error,omitempty"`
+	// Boot says how the driver starts sandboxes, when it has more to say
+	// than its name (microVMs: snapshot clones or cold boots, and why).
+	Boot string `json:"boot,omitempty"`
 }
 
 // InfoResponse answers $NEX.INFO.<ns>.<node>.

@@ -52,6 +52,9 @@ func (c *NodeInfoCmd) Run(g *Globals, ctx context.Context) error {
 			pool += fmt.Sprintf(", %d consecutive failures", p.Failures)
 		}
 		t.AppendRow(table.Row{"Warm pool", pool})
+		if p.Boot != "" {
+			t.AppendRow(table.Row{"Sandbox start", p.Boot})
+		}
 		if p.LastErr != "" {
 			t.AppendRow(table.Row{"Last pool error", p.LastErr})
 		}

@@ -396,6 +396,9 @@ func (n *Node) Info(ns string) api.InfoResponse {
 	st := n.pool.Status()
 	resp.Pool = &api.PoolStatus{Driver: n.o.Driver.Name(), Target: st.Target, Ready: st.Ready, Starting: st.Starting,
 		Failures: st.ConsecutiveFailures, LastErr: st.LastError}
+	if d, ok := n.o.Driver.(sandbox.Describer); ok {
+		resp.Pool.Boot = d.Describe()
+	}
 	return resp
 }
 

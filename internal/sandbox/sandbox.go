@@ -62,6 +62,13 @@ type Stager interface {
 	Stage(ctx context.Context, src, name string) (string, error)
 }
 
+// Describer is implemented by drivers with state a user should see in
+// `nex node info`: how their sandboxes start (the qemu driver: restored
+// from which snapshot template, or booted cold and why).
+type Describer interface {
+	Describe() string
+}
+
 // Check is one line of a preflight report.
 type Check struct {
 	Name string

@@ -112,6 +112,13 @@ func TestQEMUNodeEchoFromVM(t *testing.T) {
 		t.Fatalf("node ls: %+v", nodes)
 	}
 	nodeID := nodes[0].NodeID
+	// node info says how the pool's VMs start.
+	if p := e.nodeInfo(t, nodeID).Pool; p == nil || !strings.Contains(p.Boot, "snapshot clones of template") {
+		t.Fatalf("node info pool: %+v", p)
+	}
+	if out := e.run("node", "info", nodeID); !strings.Contains(out, "Sandbox start") || !strings.Contains(out, "snapshot clones") {
+		t.Fatalf("node info does not say how VMs start:\n%s", out)
+	}
 
 	nc, err := nats.Connect(nats.DefaultURL)
 	if err != nil {

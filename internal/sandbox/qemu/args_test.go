@@ -1,11 +1,14 @@
 package qemu
 
 import (
+	"errors"
 	"flag"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/nex-engine/nex/internal/accel"
 )
@@ -152,5 +155,50 @@ func TestConfigValidate(t *testing.T) {
 		if (tt.want == "") != (err == nil) || (err != nil && !strings.Contains(err.Error(), tt.want)) {
 			t.Errorf("Validate(%+v) = %v, want %q", tt.c, err, tt.want)
 		}
+	}
+}
+
+func TestDescribe(t *testing.T) {
+	dir := t.TempDir()
+	kernel, initrd := filepath.Join(dir, "vmlinux"), filepath.Join(dir, "initrd")
+	for _, p := range []string{kernel, initrd} {
+		if err := os.WriteFile(p, []byte("x"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	newDriver := func(snapshot bool) *Driver {
+		d, err := New(Config{Kernel: kernel, Initrd: initrd, Snapshot: snapshot, SnapshotDir: t.TempDir(),
+			Forwarder: []string{"true"}, Log: slog.New(slog.DiscardHandler)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return d
+	}
+	if got := newDriver(false).Describe(); !strings.Contains(got, "cold boots (vm_snapshots is off)") {
+		t.Errorf("snapshots off: %q", got)
+	}
+	d := newDriver(true)
+	if got := d.Describe(); !strings.Contains(got, "made at the first start") {
+		t.Errorf("no template yet: %q", got)
+	}
+	small, big := Shape{VCPU: 1, MemoryMiB: 128}, Shape{VCPU: 2, MemoryMiB: 512}
+	d.templates[big] = &templateEntry{t: &template{dir: filepath.Join(dir, "0123456789abcdef")}}
+	d.templates[small] = &templateEntry{failed: time.Now(), failedErr: errors.New("qemu exited: no room")}
+	got := d.Describe()
+	want := []string{"1 vCPU/128 MiB: cold boots, the template failed", "no room",
+		"2 vCPU/512 MiB: snapshot clones of template 0123456789abcdef"}
+	for _, w := range want {
+		if !strings.Contains(got, w) {
+			t.Errorf("Describe() = %q, lacks %q", got, w)
+		}
+	}
+	if strings.Index(got, "1 vCPU") > strings.Index(got, "2 vCPU") {
+		t.Errorf("sizes out of order: %q", got)
+	}
+	// A build in progress holds its entry; node info must not wait for it.
+	d.templates[small].mu.Lock()
+	defer d.templates[small].mu.Unlock()
+	if got := d.Describe(); !strings.Contains(got, "1 vCPU/128 MiB: template being built") {
+		t.Errorf("while building: %q", got)
 	}
 }

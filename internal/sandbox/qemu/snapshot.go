@@ -1,6 +1,7 @@
 package qemu
 
 import (
+	"cmp"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -9,6 +10,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -112,6 +114,50 @@ func (d *Driver) template(ctx context.Context, s Shape) (*template, error) {
 	}
 	e.t, e.failed, e.failedErr = t, time.Time{}, nil
 	return t, nil
+}
+
+var _ sandbox.Describer = (*Driver)(nil)
+
+// Describe implements sandbox.Describer for `nex node info`: whether VMs
+// are restored from snapshot templates, and for each VM size whether its
+// template is ready, being built, or failed (and its VMs boot cold).
+func (d *Driver) Describe() string {
+	if !d.cfg.Snapshot {
+		return "cold boots (vm_snapshots is off)"
+	}
+	d.tmu.Lock()
+	shapes := make([]Shape, 0, len(d.templates))
+	for s := range d.templates {
+		shapes = append(shapes, s)
+	}
+	d.tmu.Unlock()
+	if len(shapes) == 0 {
+		return "snapshot clones; the template is made at the first start"
+	}
+	slices.SortFunc(shapes, func(a, b Shape) int { return cmp.Or(a.VCPU-b.VCPU, a.MemoryMiB-b.MemoryMiB) })
+	parts := make([]string, 0, len(shapes))
+	for _, s := range shapes {
+		d.tmu.Lock()
+		e := d.templates[s]
+		d.tmu.Unlock()
+		size := fmt.Sprintf("%d vCPU/%d MiB", s.VCPU, s.MemoryMiB)
+		// A build holds the entry for seconds; node info must not wait.
+		if !e.mu.TryLock() {
+			parts = append(parts, size+": template being built")
+			continue
+		}
+		switch {
+		case e.t != nil:
+			parts = append(parts, fmt.Sprintf("%s: snapshot clones of template %s", size, filepath.Base(e.t.dir)))
+		case !e.failed.IsZero():
+			parts = append(parts, fmt.Sprintf("%s: cold boots, the template failed %s ago (retried after %s): %v",
+				size, time.Since(e.failed).Round(time.Second), templateRetry, e.failedErr))
+		default:
+			parts = append(parts, size+": no template yet")
+		}
+		e.mu.Unlock()
+	}
+	return strings.Join(parts, "; ")
 }
 
 // forgetTemplate drops a template whose clone failed to restore, files and
