@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"slices"
@@ -41,6 +42,9 @@ const snapshotLayout = "nex-qemu-snapshot-1"
 const (
 	ramImage  = "ram.img"
 	stateFile = "state.mig"
+	// genFile holds the template's generation (Driver.generation): what
+	// it was made from besides its shape.
+	genFile = "generation"
 )
 
 // templatePort is the host port of a template's guest forward. The template
@@ -202,6 +206,13 @@ func (d *Driver) buildTemplate(ctx context.Context, s Shape, t *template) error 
 		v.abort()
 		return err
 	}
+	gen, err := d.generation()
+	if err != nil {
+		return err
+	}
+	if err := os.WriteFile(filepath.Join(tmp, genFile), []byte(gen+"\n"), 0o600); err != nil {
+		return err
+	}
 	if err := os.Rename(tmp, t.dir); err != nil {
 		if fileExists(t.state) { // another node sharing the dir won the race
 			return nil
@@ -209,6 +220,7 @@ func (d *Driver) buildTemplate(ctx context.Context, s Shape, t *template) error 
 		return err
 	}
 	d.log.Info("Snapshot template saved", "dir", t.dir, logTook, time.Since(t0))
+	removeOtherGenerations(d.cfg.SnapshotDir, gen, d.log)
 	return nil
 }
 
@@ -226,10 +238,11 @@ func removeStaleBuilds(pattern string) {
 	}
 }
 
-// templateKey names a template by everything its saved state depends on:
-// the guest image's contents, the QEMU binary, the accelerator, the shape
-// and the command line.
-func (d *Driver) templateKey(s Shape) (string, error) {
+// generation names what this driver's templates are made from apart from
+// their shape: the guest image's contents (which hold this nex), the QEMU
+// binary and the accelerator. Templates of another generation are of no
+// use to it.
+func (d *Driver) generation() (string, error) {
 	inputs, err := d.inputs()
 	if err != nil {
 		return "", err
@@ -242,6 +255,18 @@ func (d *Driver) templateKey(s Shape) (string, error) {
 	if err != nil {
 		return "", err
 	}
+	h := sha256.New()
+	fmt.Fprintln(h, snapshotLayout, inputs, bin, st.Size(), st.ModTime().UnixNano(), d.accel.Accel, d.tsc)
+	return hex.EncodeToString(h.Sum(nil))[:16], nil
+}
+
+// templateKey names a template by everything its saved state depends on:
+// its generation, the shape and the command line.
+func (d *Driver) templateKey(s Shape) (string, error) {
+	gen, err := d.generation()
+	if err != nil {
+		return "", err
+	}
 	// The command line's machine-wide options (CPU model, kernel command
 	// line, devices) are in the key too: a clone must run on the machine its
 	// template was saved on. Paths and the node's port are not.
@@ -249,9 +274,32 @@ func (d *Driver) templateKey(s Shape) (string, error) {
 	m.Kernel, m.Initrd, m.Forwarder, m.RAM = "", "", nil, &ramFile{Path: ramImage}
 	machineArgs := m.args()
 	h := sha256.New()
-	fmt.Fprintln(h, snapshotLayout, inputs, bin, st.Size(), st.ModTime().UnixNano(),
-		d.accel.Accel, d.tsc, s.VCPU, s.MemoryMiB, strings.Join(machineArgs, "\x00"))
+	fmt.Fprintln(h, gen, s.VCPU, s.MemoryMiB, strings.Join(machineArgs, "\x00"))
 	return hex.EncodeToString(h.Sum(nil))[:16], nil
+}
+
+// removeOtherGenerations deletes the templates of other generations (an
+// older nex, kernel or QEMU): each is a RAM-sized file that nothing will
+// restore again. Clones still running from one keep their mapping of it.
+func removeOtherGenerations(dir, gen string, log *slog.Logger) {
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return
+	}
+	for _, e := range entries {
+		if !e.IsDir() || strings.Contains(e.Name(), ".tmp-") { // builds: removeStaleBuilds
+			continue
+		}
+		p := filepath.Join(dir, e.Name())
+		if b, err := os.ReadFile(filepath.Join(p, genFile)); err == nil && strings.TrimSpace(string(b)) == gen {
+			continue
+		}
+		if err := os.RemoveAll(p); err != nil {
+			log.Warn("Removing an old snapshot template failed", "dir", p, "error", err)
+			continue
+		}
+		log.Info("Removed a snapshot template of an older nex, kernel or QEMU", "dir", p)
+	}
 }
 
 // hashInputs hashes the kernel and initrd contents (once per driver: tens of

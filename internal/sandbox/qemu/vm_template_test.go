@@ -5,6 +5,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"github.com/nex-engine/nex/internal/sandbox"
@@ -50,6 +51,9 @@ func TestBrokenTemplateIsRebuilt(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	if gen, _ := d.generation(); !fileHas(filepath.Join(tpl.dir, genFile), gen) {
+		t.Fatalf("template %s lacks its generation %s", tpl.dir, gen)
+	}
 	if err := os.WriteFile(tpl.state, []byte("QEVM"), 0o600); err != nil {
 		t.Fatal(err)
 	}
@@ -64,8 +68,21 @@ func TestBrokenTemplateIsRebuilt(t *testing.T) {
 	if _, err := os.Stat(tpl.dir); !os.IsNotExist(err) {
 		t.Fatalf("the broken template is still there (%v)", err)
 	}
+	// A template an older nex left behind goes when a new one is saved.
+	stale := filepath.Join(filepath.Dir(tpl.dir), "ffffffffffffffff")
+	if err := os.MkdirAll(stale, 0o700); err != nil {
+		t.Fatal(err)
+	}
 	sb := startReady(t, ctx, d, h.AddAgent("rebuilt"))
+	if _, err := os.Stat(stale); !os.IsNotExist(err) {
+		t.Fatalf("the older template is still there after a new one was saved (%v)", err)
+	}
 	if v := sb.(*vm); v.clone == nil || v.clone == tpl {
 		t.Fatalf("the start after a broken template did not restore from a new one (clone %+v)", v.clone)
 	}
+}
+
+func fileHas(path, text string) bool {
+	b, err := os.ReadFile(path)
+	return err == nil && strings.Contains(string(b), text)
 }
