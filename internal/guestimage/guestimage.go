@@ -15,9 +15,12 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
+	"time"
 
+	"github.com/nex-engine/nex/api"
 	"github.com/nex-engine/nex/internal/guestimage/cpio"
 )
 
@@ -171,7 +174,47 @@ func Build(ctx context.Context, o Options) (Image, error) {
 		return Image{}, fmt.Errorf("guest image: %w", err)
 	}
 	progress("image: " + hash)
+	pruneImages(o.CacheDir, keepImages, o.Log)
 	return img, nil
+}
+
+// keepImages is how many built images the cache keeps: every nex upgrade
+// builds a new one (its /init is the new nex), and a node uses the newest,
+// so older ones are only wanted by a node that has not restarted since.
+const keepImages = 4
+
+// pruneImages deletes all but the keep newest images in cacheDir (newest by
+// their kernel file, as nodes pick them), so upgrades do not pile up
+// ≈ 70 MB each. Builds under way and downloaded packages are left alone.
+func pruneImages(cacheDir string, keep int, log *slog.Logger) {
+	type image struct {
+		dir string
+		mod time.Time
+	}
+	var images []image
+	entries, _ := os.ReadDir(cacheDir)
+	for _, e := range entries {
+		if !e.IsDir() || !api.IsSHA256Hex(e.Name()) { // an image's dir is its hash
+			continue
+		}
+		dir := filepath.Join(cacheDir, e.Name())
+		st, err := os.Stat(filepath.Join(dir, KernelFile))
+		if err != nil {
+			continue // incomplete: store replaces it
+		}
+		images = append(images, image{dir, st.ModTime()})
+	}
+	if len(images) <= keep {
+		return
+	}
+	slices.SortFunc(images, func(a, b image) int { return b.mod.Compare(a.mod) })
+	for _, im := range images[keep:] {
+		if err := os.RemoveAll(im.dir); err != nil {
+			log.Warn("guest image: removing an old image failed", "dir", im.dir, "error", err)
+			continue
+		}
+		log.Info("guest image: removed an old image", "dir", im.dir)
+	}
 }
 
 func (o Options) kernelFiles(ctx context.Context, progress func(string)) (kernelFiles, error) {

@@ -5,13 +5,16 @@ import (
 	"context"
 	"encoding/binary"
 	"errors"
+	"fmt"
 	"io"
+	"log/slog"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"reflect"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/nex-engine/nex/internal/guestimage/cpio"
 )
@@ -192,6 +195,46 @@ func TestParseModuleOrderRejects(t *testing.T) {
 	for _, bad := range []string{"a.ko virtio=x\n", "a.ko net=1\n", "../a.ko\n", "a.ko virtio=0\n"} {
 		if _, err := ParseModuleOrder([]byte(bad)); err == nil {
 			t.Errorf("%q was accepted", bad)
+		}
+	}
+}
+
+func TestPruneImagesKeepsTheNewest(t *testing.T) {
+	dir := t.TempDir()
+	base := time.Now().Add(-time.Hour)
+	var names []string
+	for i := range 6 {
+		name := fmt.Sprintf("%064x", i+1)
+		names = append(names, name)
+		img := filepath.Join(dir, name)
+		if err := os.MkdirAll(img, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		k := filepath.Join(img, KernelFile)
+		if err := os.WriteFile(k, []byte("k"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		mod := base.Add(time.Duration(i) * time.Minute) // names[5] is the newest
+		if err := os.Chtimes(k, mod, mod); err != nil {
+			t.Fatal(err)
+		}
+	}
+	others := []string{"pkgs", fmt.Sprintf("%064x", 99) + ".tmp-1"}
+	for _, o := range others {
+		if err := os.MkdirAll(filepath.Join(dir, o), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	pruneImages(dir, 4, slog.New(slog.DiscardHandler))
+	for i, name := range names {
+		_, err := os.Stat(filepath.Join(dir, name))
+		if keep := i >= 2; keep != (err == nil) {
+			t.Errorf("image %d (of 6, oldest first): kept=%v, want %v", i, err == nil, keep)
+		}
+	}
+	for _, o := range others {
+		if _, err := os.Stat(filepath.Join(dir, o)); err != nil {
+			t.Errorf("%s was removed", o)
 		}
 	}
 }
