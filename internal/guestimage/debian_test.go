@@ -58,6 +58,9 @@ func TestBuildDebianKernel(t *testing.T) {
 			t.Errorf("module %s still carries its signature", m)
 		}
 	}
+	if id, err := GoBuildID(agent); err != nil || ImageAgentID(filepath.Dir(img.Kernel)) != id {
+		t.Errorf("image records agent build %q, the agent is %q (%v)", ImageAgentID(filepath.Dir(img.Kernel)), id, err)
+	}
 	if !hasPVHNote(t, img.Kernel) {
 		t.Fatal("vmlinux has no PVH entry note: QEMU and Firecracker cannot boot it directly")
 	}

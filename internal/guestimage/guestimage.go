@@ -153,6 +153,7 @@ func Build(ctx context.Context, o Options) (Image, error) {
 	}
 	if exists(img.Kernel) && exists(img.Initrd) {
 		img.Cached = true
+		recordAgentID(filepath.Dir(img.Kernel), agentPath)
 		progress("image: " + hash + " (cached)")
 		return img, nil
 	}
@@ -173,6 +174,7 @@ func Build(ctx context.Context, o Options) (Image, error) {
 	if err := store(filepath.Join(o.CacheDir, hash), map[string][]byte{KernelFile: vmlinux, InitrdFile: initrd.Bytes()}); err != nil {
 		return Image{}, fmt.Errorf("guest image: %w", err)
 	}
+	recordAgentID(filepath.Dir(img.Kernel), agentPath)
 	progress("image: " + hash)
 	pruneImages(o.CacheDir, keepImages, o.Log)
 	return img, nil

@@ -238,3 +238,34 @@ func TestPruneImagesKeepsTheNewest(t *testing.T) {
 		}
 	}
 }
+
+// GoBuildID reads what `go tool buildid` prints, and Build records it for
+// the image's /init.
+func TestGoBuildID(t *testing.T) {
+	exe, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := GoBuildID(exe)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err := exec.Command("go", "tool", "buildid", exe).Output()
+	if err != nil {
+		t.Skipf("go tool buildid: %v", err)
+	}
+	if want := strings.TrimSpace(string(out)); got != want {
+		t.Fatalf("GoBuildID = %q, go tool buildid says %q", got, want)
+	}
+	dir := t.TempDir()
+	if ImageAgentID(dir) != "" {
+		t.Fatal("an image without a record has an agent id")
+	}
+	recordAgentID(dir, exe)
+	if ImageAgentID(dir) != got {
+		t.Fatalf("recorded %q, want %q", ImageAgentID(dir), got)
+	}
+	if _, err := GoBuildID(filepath.Join(dir, AgentIDFile)); err == nil {
+		t.Fatal("a text file has a build ID")
+	}
+}

@@ -27,6 +27,7 @@ const (
 	CheckKVM         = "kvm"
 	CheckFreeDisk    = "free disk"
 	CheckStateDir    = "state dir"
+	CheckGuestAgent  = "guest agent"
 )
 
 // Checks lists what a node with o's sandbox needs, in the order a person
@@ -69,7 +70,55 @@ func (o Options) imageChecks() []Check {
 	return []Check{
 		check(qemu.CheckKernel, func(k, _ string) string { return k }),
 		check(qemu.CheckInitrd, func(_, i string) string { return i }),
+		{Name: CheckGuestAgent, Fix: o.buildImage, Run: o.checkGuestAgent},
 	}
+}
+
+// checkGuestAgent fails when the newest image's /init is another nex than
+// this one, as it is after an upgrade until an image is built again: the
+// node would boot guests whose agent it may not understand.
+func (o Options) checkGuestAgent(context.Context) sandbox.Check {
+	c := sandbox.Check{Name: CheckGuestAgent, Fix: o.imageFix()}
+	if o.Kernel != "" || o.Initrd != "" {
+		c.OK, c.Info, c.Fix = true, "configured image files (kernel_filepath, rootfs_filepath): not checked", ""
+		return c
+	}
+	_, initrd := o.Image()
+	if initrd == "" {
+		c.OK, c.Info, c.Fix = true, "no image yet (see the initramfs check)", ""
+		return c
+	}
+	agent := o.Agent
+	if agent == "" {
+		var err error
+		if agent, err = os.Executable(); err != nil {
+			c.Info = err.Error()
+			return c
+		}
+	}
+	own, err := guestimage.GoBuildID(agent)
+	if err != nil {
+		c.Info = "cannot tell this nex's build: " + err.Error()
+		return c
+	}
+	switch got := guestimage.ImageAgentID(filepath.Dir(initrd)); got {
+	case own:
+		c.OK, c.Info, c.Fix = true, "the image's /init is this nex", ""
+	case "":
+		c.OK, c.Fix = true, ""
+		c.Info = "the image predates agent records; `nex rootfs build` makes one from this nex"
+	default:
+		c.Info = fmt.Sprintf("the image's /init is another nex (build %s; this is %s), as after an upgrade", short(got), short(own))
+	}
+	return c
+}
+
+// short is the first part of a Go build ID, enough to tell two apart.
+func short(id string) string {
+	if i := strings.IndexByte(id, '/'); i > 0 {
+		return id[:i]
+	}
+	return id
 }
 
 // imageFix names the data dir, so the image lands where this node looks.

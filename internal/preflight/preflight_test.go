@@ -29,9 +29,9 @@ func TestChecksPerSandbox(t *testing.T) {
 		want    string
 	}{
 		{"process", "free disk, state dir"},
-		{"qemu", "qemu binary, accelerator, guest kernel, guest initramfs, snapshot dir, free disk, state dir"},
-		{"auto", "qemu binary, accelerator, guest kernel, guest initramfs, snapshot dir, free disk, state dir"},
-		{"firecracker", "firecracker, kvm, guest kernel, guest initramfs, free disk, state dir"},
+		{"qemu", "qemu binary, accelerator, guest kernel, guest initramfs, guest agent, snapshot dir, free disk, state dir"},
+		{"auto", "qemu binary, accelerator, guest kernel, guest initramfs, guest agent, snapshot dir, free disk, state dir"},
+		{"firecracker", "firecracker, kvm, guest kernel, guest initramfs, guest agent, free disk, state dir"},
 	}
 	for _, tt := range tests {
 		if got := names(Checks(Options{Sandbox: tt.sandbox, DataDir: t.TempDir()})); got != tt.want {
@@ -177,5 +177,47 @@ func TestQEMUConfig(t *testing.T) {
 	}
 	if err := c.Validate(); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// After an upgrade the newest image may hold the previous nex as /init:
+// the check fails with the build fix; an image of this nex passes; one
+// that predates the record passes with a note.
+func TestGuestAgentCheck(t *testing.T) {
+	self, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	own, err := guestimage.GoBuildID(self)
+	if err != nil {
+		t.Fatal(err)
+	}
+	data := t.TempDir()
+	o := Options{Sandbox: "qemu", DataDir: data, Agent: self}
+	if c := o.checkGuestAgent(context.Background()); !c.OK || !strings.Contains(c.Info, "no image") {
+		t.Fatalf("no image: %+v", c)
+	}
+	_, initrd := fakeImage(t, data, "0000000000000000000000000000000000000000000000000000000000000001")
+	dir := filepath.Dir(initrd)
+	if c := o.checkGuestAgent(context.Background()); !c.OK || !strings.Contains(c.Info, "predates") {
+		t.Fatalf("image without a record: %+v", c)
+	}
+	record := func(id string) {
+		if err := os.WriteFile(filepath.Join(dir, guestimage.AgentIDFile), []byte(id+"\n"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	record(own)
+	if c := o.checkGuestAgent(context.Background()); !c.OK || c.Fix != "" {
+		t.Fatalf("image of this nex: %+v", c)
+	}
+	record("older-action-id/older-content-id")
+	c := o.checkGuestAgent(context.Background())
+	if c.OK || !strings.Contains(c.Info, "another nex (build older-action-id;") || !strings.Contains(c.Fix, "nex rootfs build") {
+		t.Fatalf("image of another nex: %+v", c)
+	}
+	o.Kernel, o.Initrd = "/boot/vmlinux", "/boot/initrd"
+	if c := o.checkGuestAgent(context.Background()); !c.OK {
+		t.Fatalf("configured image files: %+v", c)
 	}
 }
