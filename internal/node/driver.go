@@ -20,9 +20,11 @@ func NewDriver(ctx context.Context, cfg *config.Config, log *slog.Logger) (sandb
 		return newProcessDriver(log)
 	case config.SandboxQEMU, config.SandboxFirecracker:
 		opts := preflight.OptionsFromConfig(cfg)
-		if err := preflight.Run(ctx, preflight.Checks(opts)).Err(); err != nil {
+		report := preflight.Run(ctx, preflight.Checks(opts))
+		if err := report.Err(); err != nil {
 			return nil, fmt.Errorf("sandbox %s: %w", cfg.Sandbox, err)
 		}
+		logWarnings(log, report)
 		if cfg.Sandbox == config.SandboxFirecracker {
 			return newFirecrackerDriver(cfg, opts, log)
 		}
@@ -30,12 +32,21 @@ func NewDriver(ctx context.Context, cfg *config.Config, log *slog.Logger) (sandb
 	default: // auto
 		opts := preflight.OptionsFromConfig(cfg)
 		opts.Sandbox = config.SandboxQEMU
-		if err := preflight.Run(ctx, preflight.Checks(opts)).Err(); err != nil {
+		report := preflight.Run(ctx, preflight.Checks(opts))
+		if err := report.Err(); err != nil {
 			log.Info("sandbox auto: using the process driver (no isolation, nex.unsafe=true); the qemu preflight failed — run `nex node preflight --sandbox qemu` for the fixes",
 				"reason", err.Error())
 			return newProcessDriver(log)
 		}
 		log.Info("sandbox auto: qemu preflight passed; using microVMs")
+		logWarnings(log, report)
 		return qemu.New(opts.QEMUConfig(log))
+	}
+}
+
+// logWarnings logs what a passed preflight found worth acting on.
+func logWarnings(log *slog.Logger, r preflight.Report) {
+	for _, c := range r.Warnings() {
+		log.Warn("Preflight: "+c.Name, "found", c.Info, "fix", c.Fix)
 	}
 }

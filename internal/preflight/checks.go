@@ -74,9 +74,11 @@ func (o Options) imageChecks() []Check {
 	}
 }
 
-// checkGuestAgent fails when the newest image's /init is another nex than
-// this one, as it is after an upgrade until an image is built again: the
-// node would boot guests whose agent it may not understand.
+// checkGuestAgent warns when the newest image's /init is another build of
+// nex than this one, as after an upgrade until an image is built again: the
+// node would boot guests whose agent may not speak its protocol. A warning,
+// not a failure: builds of the same source with other flags (go run, CGO)
+// differ too.
 func (o Options) checkGuestAgent(context.Context) sandbox.Check {
 	c := sandbox.Check{Name: CheckGuestAgent, Fix: o.imageFix()}
 	if o.Kernel != "" || o.Initrd != "" {
@@ -108,7 +110,8 @@ func (o Options) checkGuestAgent(context.Context) sandbox.Check {
 		c.OK, c.Fix = true, ""
 		c.Info = "the image predates agent records; `nex rootfs build` makes one from this nex"
 	default:
-		c.Info = fmt.Sprintf("the image's /init is another nex (build %s; this is %s), as after an upgrade", short(got), short(own))
+		c.OK, c.Warning = true, true
+		c.Info = fmt.Sprintf("the image's /init is another nex build (%s; this is %s): after an upgrade, rebuild the image", short(got), short(own))
 	}
 	return c
 }

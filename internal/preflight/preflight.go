@@ -137,14 +137,28 @@ func (e *Error) Is(target error) bool { return target == ErrFailed }
 func (r Report) Print(w io.Writer) {
 	for _, c := range r {
 		mark := "✔"
-		if !c.OK {
+		switch {
+		case !c.OK:
 			mark = "✘"
+		case c.Warning:
+			mark = "!"
 		}
 		fmt.Fprintf(w, "%s %-16s %s\n", mark, c.Name, c.Info)
-		if !c.OK && c.Fix != "" {
+		if (!c.OK || c.Warning) && c.Fix != "" {
 			fmt.Fprintf(w, "  %-16s fix: %s\n", "", c.Fix)
 		}
 	}
+}
+
+// Warnings are the passed checks with a finding to act on.
+func (r Report) Warnings() []sandbox.Check {
+	var w []sandbox.Check
+	for _, c := range r {
+		if c.OK && c.Warning {
+			w = append(w, c)
+		}
+	}
+	return w
 }
 
 // Fixable reports whether a failed check of r has a fix RunAndFix can run.

@@ -181,8 +181,8 @@ func TestQEMUConfig(t *testing.T) {
 }
 
 // After an upgrade the newest image may hold the previous nex as /init:
-// the check fails with the build fix; an image of this nex passes; one
-// that predates the record passes with a note.
+// the check warns, with the build as what to do; an image of this nex
+// passes; one that predates the record passes with a note.
 func TestGuestAgentCheck(t *testing.T) {
 	self, err := os.Executable()
 	if err != nil {
@@ -213,8 +213,19 @@ func TestGuestAgentCheck(t *testing.T) {
 	}
 	record("older-action-id/older-content-id")
 	c := o.checkGuestAgent(context.Background())
-	if c.OK || !strings.Contains(c.Info, "another nex (build older-action-id;") || !strings.Contains(c.Fix, "nex rootfs build") {
+	if !c.OK || !c.Warning || !strings.Contains(c.Info, "another nex build (older-action-id;") || !strings.Contains(c.Fix, "nex rootfs build") {
 		t.Fatalf("image of another nex: %+v", c)
+	}
+	if w := (Report{c}).Warnings(); len(w) != 1 {
+		t.Fatalf("warnings of the report: %+v", w)
+	}
+	var out strings.Builder
+	(Report{c}).Print(&out)
+	if !strings.HasPrefix(out.String(), "! guest agent") || !strings.Contains(out.String(), "fix: nex rootfs build") {
+		t.Fatalf("a warning prints as:\n%s", out.String())
+	}
+	if (Report{c}).Err() != nil {
+		t.Fatal("a warning fails the preflight")
 	}
 	o.Kernel, o.Initrd = "/boot/vmlinux", "/boot/initrd"
 	if c := o.checkGuestAgent(context.Background()); !c.OK {

@@ -74,7 +74,9 @@ type Check struct {
 	Name string
 	OK   bool
 	Info string // what was found
-	Fix  string // the exact fix when !OK
+	Fix  string // the exact fix when !OK, or what to do about a Warning
+	// Warning marks a passed check whose finding a user should act on.
+	Warning bool
 }
 
 // Preflighter is implemented by drivers that need things from the host.
