@@ -18,6 +18,7 @@ import (
 	"github.com/nex-engine/nex/internal/guestimage"
 	"github.com/nex-engine/nex/internal/node/config"
 	"github.com/nex-engine/nex/internal/sandbox"
+	"github.com/nex-engine/nex/internal/sandbox/firecracker"
 	"github.com/nex-engine/nex/internal/sandbox/qemu"
 )
 
@@ -209,24 +210,16 @@ func checkAccel(context.Context) sandbox.Check {
 }
 
 // checkKVM is Firecracker's: it runs on KVM only.
-func checkKVM(context.Context) sandbox.Check {
-	a := accel.Detect()
-	if !a.KVM() {
-		return sandbox.Check{Info: strings.TrimSuffix(a.Reason, "; using TCG"),
-			Fix: "run on a host with hardware virtualization (kvm_intel or kvm_amd loaded, /dev/kvm read-write), or use --sandbox qemu"}
-	}
-	return sandbox.Check{OK: true, Info: a.Reason}
-}
+func checkKVM(context.Context) sandbox.Check { return firecracker.CheckKVMUsable(accel.Detect()) }
 
 func (o Options) checkFirecracker(context.Context) sandbox.Check {
 	name := o.FirecrackerBinary
 	if name == "" {
-		name = "firecracker"
+		name = firecracker.DefaultBinary
 	}
-	fix := "install the firecracker binary from its release archive into PATH (Debian packages none), or use --sandbox qemu"
 	bin, err := exec.LookPath(name)
 	if err != nil {
-		return sandbox.Check{Info: name + " not found in PATH", Fix: fix}
+		return sandbox.Check{Info: name + " not found in PATH", Fix: firecracker.FixInstall}
 	}
 	return sandbox.Check{OK: true, Info: bin}
 }

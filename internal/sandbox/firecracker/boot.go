@@ -14,10 +14,7 @@ import (
 
 // Booting is data (vmm.Steps): a snapshot restore, should it come, is this
 // list with the configuration steps swapped for a PUT /snapshot/load.
-type (
-	step  = vmm.Step[*vm]
-	steps = vmm.Steps[*vm]
-)
+type steps = vmm.Steps[*vm]
 
 // Step names; an error of Start names the step it came from.
 const (

@@ -9,7 +9,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strconv"
-	"strings"
 	"sync"
 	"time"
 
@@ -138,17 +137,10 @@ func (v *vm) closeHostSide() {
 	v.api.Close()
 }
 
-// vmmSaid is the last line Firecracker wrote to stderr, for an exit error.
+// vmmSaid is what Firecracker wrote to stderr, for an exit error.
 func (v *vm) vmmSaid() string {
-	b, err := os.ReadFile(v.path(VMMLogFile))
-	if err != nil {
-		return ""
-	}
-	s := strings.TrimSpace(string(b))
-	if i := strings.LastIndexByte(s, '\n'); i >= 0 {
-		s = s[i+1:]
-	}
-	return s
+	b, _ := os.ReadFile(v.path(VMMLogFile))
+	return string(b)
 }
 
 // abort undoes a boot that failed part way: Firecracker killed and reaped,

@@ -199,7 +199,8 @@ func (d *Driver) Start(ctx context.Context, spec sandbox.Spec) (sandbox.Sandbox,
 	guest := spec.Agent
 	guest.NATSURL = "nats://" + agentapi.GuestNATSAddr
 
-	v := d.newVM(spec.ID, spec.Dir, d.shapeOf(spec))
+	shape := d.shapeOf(spec)
+	v := d.newVM(spec.ID, spec.Dir, shape)
 	v.mach.NATSHost, v.mach.NATSPort = host, port
 	v.guestMeta = &guest
 	ctx, cancel := context.WithTimeout(ctx, d.cfg.BootTimeout)
@@ -208,7 +209,7 @@ func (d *Driver) Start(ctx context.Context, spec sandbox.Spec) (sandbox.Sandbox,
 	if d.cfg.Snapshot {
 		// A template that cannot be built costs this sandbox a cold boot,
 		// not the pool its sandboxes.
-		switch t, err := d.template(ctx, v.shape); {
+		switch t, err := d.template(ctx, shape); {
 		case err == nil:
 			v.clone, boot = t, cloneBoot()
 		case errors.Is(err, errTemplateFailed):
@@ -220,7 +221,7 @@ func (d *Driver) Start(ctx context.Context, spec sandbox.Spec) (sandbox.Sandbox,
 	if err := boot.Run(ctx, v, v.log); err != nil {
 		v.abort()
 		if v.clone != nil && errors.Is(err, errRestore) {
-			d.forgetTemplate(v.shape, v.clone, err)
+			d.forgetTemplate(shape, v.clone, err)
 		}
 		return nil, fmt.Errorf("start vm %s: %w", spec.ID, err)
 	}

@@ -56,6 +56,7 @@ type template struct {
 	dir   string
 	ram   string
 	state string
+	gen   string // Driver.generation when it was made
 }
 
 type templateEntry struct {
@@ -104,11 +105,11 @@ func (d *Driver) template(ctx context.Context, s Shape) (*template, error) {
 	if !e.failed.IsZero() && time.Since(e.failed) < templateRetry {
 		return nil, fmt.Errorf("%w %s ago: %w", errTemplateFailed, time.Since(e.failed).Round(time.Second), e.failedErr)
 	}
-	key, err := d.templateKey(s)
+	key, gen, err := d.templateKey(s)
 	if err != nil {
 		return nil, err
 	}
-	t := &template{dir: filepath.Join(d.cfg.SnapshotDir, key)}
+	t := &template{dir: filepath.Join(d.cfg.SnapshotDir, key), gen: gen}
 	t.ram, t.state = filepath.Join(t.dir, ramImage), filepath.Join(t.dir, stateFile)
 	if !fileExists(t.state) || !fileExists(t.ram) {
 		if err := d.buildTemplate(ctx, s, t); err != nil {
@@ -129,21 +130,25 @@ func (d *Driver) Describe() string {
 	if !d.cfg.Snapshot {
 		return "cold boots (vm_snapshots is off)"
 	}
+	type shapeEntry struct {
+		s Shape
+		e *templateEntry
+	}
 	d.tmu.Lock()
-	shapes := make([]Shape, 0, len(d.templates))
-	for s := range d.templates {
-		shapes = append(shapes, s)
+	entries := make([]shapeEntry, 0, len(d.templates))
+	for s, e := range d.templates {
+		entries = append(entries, shapeEntry{s, e})
 	}
 	d.tmu.Unlock()
-	if len(shapes) == 0 {
+	if len(entries) == 0 {
 		return "snapshot clones; the template is made at the first start"
 	}
-	slices.SortFunc(shapes, func(a, b Shape) int { return cmp.Or(a.VCPU-b.VCPU, a.MemoryMiB-b.MemoryMiB) })
-	parts := make([]string, 0, len(shapes))
-	for _, s := range shapes {
-		d.tmu.Lock()
-		e := d.templates[s]
-		d.tmu.Unlock()
+	slices.SortFunc(entries, func(a, b shapeEntry) int {
+		return cmp.Or(a.s.VCPU-b.s.VCPU, a.s.MemoryMiB-b.s.MemoryMiB)
+	})
+	parts := make([]string, 0, len(entries))
+	for _, se := range entries {
+		s, e := se.s, se.e
 		size := fmt.Sprintf("%d vCPU/%d MiB", s.VCPU, s.MemoryMiB)
 		// A build holds the entry for seconds; node info must not wait.
 		if !e.mu.TryLock() {
@@ -206,11 +211,7 @@ func (d *Driver) buildTemplate(ctx context.Context, s Shape, t *template) error 
 		v.abort()
 		return err
 	}
-	gen, err := d.generation()
-	if err != nil {
-		return err
-	}
-	if err := os.WriteFile(filepath.Join(tmp, genFile), []byte(gen+"\n"), 0o600); err != nil {
+	if err := os.WriteFile(filepath.Join(tmp, genFile), []byte(t.gen+"\n"), 0o600); err != nil {
 		return err
 	}
 	if err := os.Rename(tmp, t.dir); err != nil {
@@ -220,7 +221,7 @@ func (d *Driver) buildTemplate(ctx context.Context, s Shape, t *template) error 
 		return err
 	}
 	d.log.Info("Snapshot template saved", "dir", t.dir, logTook, time.Since(t0))
-	removeOtherGenerations(d.cfg.SnapshotDir, gen, d.log)
+	removeOtherGenerations(d.cfg.SnapshotDir, t.gen, d.log)
 	return nil
 }
 
@@ -261,21 +262,20 @@ func (d *Driver) generation() (string, error) {
 }
 
 // templateKey names a template by everything its saved state depends on:
-// its generation, the shape and the command line.
-func (d *Driver) templateKey(s Shape) (string, error) {
-	gen, err := d.generation()
-	if err != nil {
-		return "", err
+// its generation (returned too), the shape and the command line.
+func (d *Driver) templateKey(s Shape) (key, gen string, err error) {
+	if gen, err = d.generation(); err != nil {
+		return "", "", err
 	}
 	// The command line's machine-wide options (CPU model, kernel command
 	// line, devices) are in the key too: a clone must run on the machine its
 	// template was saved on. Paths and the node's port are not.
-	m := d.newVM("", "", s).mach
+	m := d.machine("", s)
 	m.Kernel, m.Initrd, m.Forwarder, m.RAM = "", "", nil, &ramFile{Path: ramImage}
 	machineArgs := m.args()
 	h := sha256.New()
 	fmt.Fprintln(h, gen, s.VCPU, s.MemoryMiB, strings.Join(machineArgs, "\x00"))
-	return hex.EncodeToString(h.Sum(nil))[:16], nil
+	return hex.EncodeToString(h.Sum(nil))[:16], gen, nil
 }
 
 // removeOtherGenerations deletes the templates of other generations (an

@@ -10,7 +10,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strings"
 	"sync/atomic"
 	"time"
 
@@ -32,7 +31,6 @@ type vm struct {
 	dir   string
 	log   *slog.Logger
 	mach  machine
-	shape Shape
 	args  []string
 	clone *template // set when restored from a snapshot
 
@@ -61,18 +59,22 @@ func (d *Driver) newVM(id, dir string, s Shape) *vm {
 		dir:        dir,
 		log:        d.log.With(logVMID, id),
 		configured: make(chan struct{}),
-		shape:      s,
-		mach: machine{
-			Name:      "nex-" + id,
-			Kernel:    d.cfg.Kernel,
-			Initrd:    d.cfg.Initrd,
-			MemoryMiB: s.MemoryMiB,
-			VCPU:      s.VCPU,
-			Accel:     d.accel.Accel,
-			TBSizeMiB: tbSizeMiB,
-			TSCkHz:    d.tsc,
-			Forwarder: d.cfg.Forwarder,
-		},
+		mach:       d.machine(id, s),
+	}
+}
+
+// machine is the command line's content for VM id of shape s.
+func (d *Driver) machine(id string, s Shape) machine {
+	return machine{
+		Name:      "nex-" + id,
+		Kernel:    d.cfg.Kernel,
+		Initrd:    d.cfg.Initrd,
+		MemoryMiB: s.MemoryMiB,
+		VCPU:      s.VCPU,
+		Accel:     d.accel.Accel,
+		TBSizeMiB: tbSizeMiB,
+		TSCkHz:    d.tsc,
+		Forwarder: d.cfg.Forwarder,
 	}
 }
 
@@ -125,15 +127,9 @@ func (v *vm) closeChannels() {
 	}
 }
 
-// qemuSaid is the last line QEMU printed, to put in an exit error. Read only
-// after Wait returned, when nothing writes the buffer any more.
-func (v *vm) qemuSaid() string {
-	s := strings.TrimSpace(v.stderr.String())
-	if i := strings.LastIndexByte(s, '\n'); i >= 0 {
-		s = s[i+1:]
-	}
-	return s
-}
+// qemuSaid is what QEMU printed, for an exit error. Read only after Wait
+// returned, when nothing writes the buffer any more.
+func (v *vm) qemuSaid() string { return v.stderr.String() }
 
 // fail ends the VM because of err; Err reports err (unless a stop was asked).
 func (v *vm) fail(err error) {

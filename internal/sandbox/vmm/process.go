@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"os/exec"
 	"runtime"
+	"strings"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -21,8 +22,8 @@ type Options struct {
 	Log  *slog.Logger
 	// Console is the guest console's file, named when the VM dies.
 	Console string
-	// Said returns the last thing the VMM wrote about itself, for an exit
-	// error; it is called after the process has been reaped.
+	// Said returns what the VMM wrote about itself; its last line goes in
+	// an exit error. It is called after the process has been reaped.
 	Said func() string
 	// OnExit runs once the process has been reaped, before Done closes:
 	// it closes what the VM's host side holds open (listeners, proxies).
@@ -88,7 +89,7 @@ func (p *Process) wait() {
 	case err != nil:
 		said := ""
 		if p.o.Said != nil {
-			said = p.o.Said()
+			said = lastLine(p.o.Said())
 		}
 		if said != "" {
 			said = ": " + said
@@ -137,9 +138,6 @@ func (p *Process) Err() error {
 		return nil
 	}
 }
-
-// Stopping reports whether a stop was asked for.
-func (p *Process) Stopping() bool { return p.stopRequested.Load() }
 
 // Fail ends the VMM because of err, which Err then reports (unless a stop
 // was asked for first).
@@ -196,4 +194,13 @@ func (p *Process) Stop(ctx context.Context, ask func(context.Context) error, ask
 	case <-ctx.Done():
 		return fmt.Errorf("stop %s %d: %w", p.o.Name, p.pid, ctx.Err())
 	}
+}
+
+// lastLine is the last non-blank line of s.
+func lastLine(s string) string {
+	s = strings.TrimSpace(s)
+	if i := strings.LastIndexByte(s, '\n'); i >= 0 {
+		s = s[i+1:]
+	}
+	return s
 }
