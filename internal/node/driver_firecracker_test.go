@@ -14,6 +14,7 @@ import (
 	"github.com/nex-engine/nex/internal/sandbox"
 	"github.com/nex-engine/nex/internal/sandbox/firecracker"
 	"github.com/nex-engine/nex/internal/sandbox/firecracker/fctest"
+	"github.com/nex-engine/nex/internal/sandbox/sandboxtest"
 )
 
 // TestFirecrackerDriverFromConfig: the driver gets the VMM from the config
@@ -27,7 +28,7 @@ func TestFirecrackerDriverFromConfig(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	cfg := &config.Config{Sandbox: config.SandboxFirecracker, FirecrackerBinary: fctest.BuildServer(t)}
+	cfg := &config.Config{Sandbox: config.SandboxFirecracker, FirecrackerBinary: sandboxtest.BuildPackage(t, "fcserver", fctest.ServerPackage)}
 	opts := preflight.OptionsFromConfig(cfg)
 	opts.Kernel, opts.Initrd = kernel, initrd
 	d, err := newFirecrackerDriver(cfg, opts, slog.New(slog.DiscardHandler))

@@ -10,9 +10,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nex-engine/nex/internal/guestimage"
 	"github.com/nex-engine/nex/internal/node/config"
 	"github.com/nex-engine/nex/internal/sandbox/qemu"
+	"github.com/nex-engine/nex/internal/sandbox/sandboxtest"
 )
 
 // BenchmarkVMDeployToFirstReply is BenchmarkDeployToFirstReply with the
@@ -29,15 +29,7 @@ func BenchmarkVMDeployToFirstReply(b *testing.B) {
 		b.Skip("qemu-system-x86_64 is not installed")
 	}
 	nex, wl := binaries(b)
-	cache := os.Getenv("NEX_CACHE_DIR")
-	if cache == "" {
-		d, _ := os.UserCacheDir()
-		cache = filepath.Join(d, "nex")
-	}
-	img, err := guestimage.Build(context.Background(), guestimage.Options{CacheDir: filepath.Join(cache, "images"), Agent: nex})
-	if err != nil {
-		b.Fatal(err)
-	}
+	img := sandboxtest.GuestImage(b, nex)
 	saved := defaultRefillDelay
 	defer func() { defaultRefillDelay = saved }()
 	for _, run := range []struct {

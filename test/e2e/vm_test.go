@@ -1,7 +1,6 @@
 package e2e
 
 import (
-	"context"
 	"encoding/json"
 	"errors"
 	"os"
@@ -16,7 +15,7 @@ import (
 	"github.com/nats-io/nats.go"
 
 	"github.com/nex-engine/nex/api"
-	"github.com/nex-engine/nex/internal/guestimage"
+	"github.com/nex-engine/nex/internal/sandbox/sandboxtest"
 )
 
 func requireVMTests(t *testing.T) {
@@ -27,17 +26,6 @@ func requireVMTests(t *testing.T) {
 	if _, err := exec.LookPath("qemu-system-x86_64"); err != nil {
 		t.Fatal("NEX_VM_TESTS=1 but qemu-system-x86_64 is not installed (apt-get install qemu-system-x86)")
 	}
-}
-
-func cacheDir(t *testing.T) string {
-	if d := os.Getenv("NEX_CACHE_DIR"); d != "" {
-		return d
-	}
-	d, err := os.UserCacheDir()
-	if err != nil {
-		t.Fatal(err)
-	}
-	return filepath.Join(d, "nex")
 }
 
 func (e *env) nodeInfo(t *testing.T, nodeID string) api.InfoResponse {
@@ -72,10 +60,7 @@ func TestQEMUNodeEchoFromVM(t *testing.T) {
 	requireVMTests(t)
 	requirePortFree(t, "127.0.0.1:4222")
 	e := newEnv(t)
-	img, err := guestimage.Build(context.Background(), guestimage.Options{CacheDir: filepath.Join(cacheDir(t), "images"), Agent: e.nex})
-	if err != nil {
-		t.Fatal(err)
-	}
+	img := sandboxtest.GuestImage(t, e.nex)
 	echoBin := filepath.Join(e.dir, "echoservice")
 	build := exec.Command("go", "build", "-o", echoBin, "./examples/echoservice")
 	build.Dir = moduleRoot(t)

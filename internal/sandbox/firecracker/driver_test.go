@@ -49,7 +49,7 @@ func newAPIOnly(t *testing.T) *apiOnly {
 func (a *apiOnly) driver(t *testing.T, mod func(*Config)) *Driver {
 	t.Helper()
 	c := Config{
-		Binary: fctest.BuildServer(t),
+		Binary: sandboxtest.BuildPackage(t, "fcserver", fctest.ServerPackage),
 		Args:   []string{"--boot", "none", "--debug"},
 		Kernel: a.kernel,
 		Initrd: a.initrd,

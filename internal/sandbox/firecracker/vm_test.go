@@ -6,7 +6,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -44,38 +43,11 @@ type vmAssets struct {
 	server string
 }
 
-var (
-	assetsOnce sync.Once
-	assets     vmAssets
-	assetsErr  error
-)
-
 func vmSetup(t *testing.T) vmAssets {
 	t.Helper()
 	nex := sandboxtest.BuildNex(t)
-	server := fctest.BuildServer(t)
-	assetsOnce.Do(func() {
-		// Kernel packages and images are cached across runs: a build of
-		// the same source gives the same nex, hence the same image.
-		cache := os.Getenv("NEX_CACHE_DIR")
-		if cache == "" {
-			dir, err := os.UserCacheDir()
-			if err != nil {
-				dir = os.TempDir()
-			}
-			cache = filepath.Join(dir, "nex")
-		}
-		assets.img, assetsErr = guestimage.Build(context.Background(), guestimage.Options{
-			CacheDir: filepath.Join(cache, "images"),
-			Agent:    nex,
-		})
-	})
-	if assetsErr != nil {
-		t.Fatal(assetsErr)
-	}
-	a := assets
-	a.nex, a.server = nex, server
-	return a
+	return vmAssets{nex: nex, img: sandboxtest.GuestImage(t, nex),
+		server: sandboxtest.BuildPackage(t, "fcserver", fctest.ServerPackage)}
 }
 
 // driver runs fcserver, booting QEMU, in place of firecracker.

@@ -147,23 +147,10 @@ func testIsolation(t *testing.T, d *Driver) {
 	t.Logf("probes: %v", got)
 }
 
-var (
-	netprobeOnce sync.Once
-	netprobePath string
-	netprobeErr  error
-)
-
 // netprobe builds the isolation test's workload once.
 func netprobe(t *testing.T) string {
 	t.Helper()
-	netprobeOnce.Do(func() {
-		netprobePath = filepath.Join(assetsDir, "netprobe")
-		netprobeErr = goBuild(netprobePath, "./internal/sandbox/qemu/testdata/netprobe")
-	})
-	if netprobeErr != nil {
-		t.Fatal(netprobeErr)
-	}
-	return netprobePath
+	return sandboxtest.BuildPackage(t, "netprobe", "./internal/sandbox/qemu/testdata/netprobe")
 }
 
 // TestClonesGetOwnIdentity restores two clones of one template: each

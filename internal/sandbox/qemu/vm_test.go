@@ -1,13 +1,7 @@
 package qemu
 
 import (
-	"bytes"
-	"context"
 	"os"
-	"os/exec"
-	"path/filepath"
-	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -42,83 +36,10 @@ type vmAssets struct {
 	img guestimage.Image
 }
 
-var (
-	assetsOnce sync.Once
-	assets     vmAssets
-	assetsErr  error
-	assetsDir  string
-)
-
-func TestMain(m *testing.M) {
-	code := m.Run()
-	if assetsDir != "" {
-		os.RemoveAll(assetsDir)
-	}
-	os.Exit(code)
-}
-
 func vmSetup(tb testing.TB) vmAssets {
 	tb.Helper()
-	assetsOnce.Do(func() { assets, assetsErr = buildAssets() })
-	if assetsErr != nil {
-		tb.Fatal(assetsErr)
-	}
-	return assets
-}
-
-func buildAssets() (vmAssets, error) {
-	var a vmAssets
-	var err error
-	if assetsDir, err = os.MkdirTemp("", "nex-qemu-test-"); err != nil {
-		return a, err
-	}
-	if a.nex = os.Getenv(sandboxtest.EnvNexBinary); a.nex == "" {
-		a.nex = filepath.Join(assetsDir, "nex")
-		if err := goBuild(a.nex, "./cmd/nex"); err != nil {
-			return a, err
-		}
-	}
-	// Kernel packages and images are cached across runs: a build of the same
-	// source gives the same nex, hence the same image hash.
-	cache := os.Getenv("NEX_CACHE_DIR")
-	if cache == "" {
-		if cache, err = os.UserCacheDir(); err != nil {
-			cache = os.TempDir()
-		}
-		cache = filepath.Join(cache, "nex")
-	}
-	a.img, err = guestimage.Build(context.Background(), guestimage.Options{
-		CacheDir: filepath.Join(cache, "images"),
-		Agent:    a.nex,
-	})
-	return a, err
-}
-
-// goBuild builds a static binary of a package of this module.
-func goBuild(out, pkg string) error {
-	gomod, err := exec.Command("go", "env", "GOMOD").Output()
-	if err != nil {
-		return err
-	}
-	cmd := exec.Command("go", "build", "-o", out, pkg)
-	cmd.Dir = filepath.Dir(strings.TrimSpace(string(gomod)))
-	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
-	var stderr bytes.Buffer
-	cmd.Stderr = &stderr
-	if err := cmd.Run(); err != nil {
-		return &buildError{pkg, err, stderr.String()}
-	}
-	return nil
-}
-
-type buildError struct {
-	pkg    string
-	err    error
-	output string
-}
-
-func (e *buildError) Error() string {
-	return "go build " + e.pkg + ": " + e.err.Error() + "\n" + e.output
+	nex := sandboxtest.BuildNex(tb)
+	return vmAssets{nex: nex, img: sandboxtest.GuestImage(tb, nex)}
 }
 
 // driver makes a driver for the built image; mod adjusts its config.

@@ -36,6 +36,13 @@ func BuildWorkload(t testing.TB) string {
 	return build(t, "workload", "./internal/sandbox/sandboxtest/testdata/workload")
 }
 
+// BuildPackage builds pkg (an import path of this module, or ./path from
+// its root) static, once per test process, and returns the binary's path.
+func BuildPackage(t testing.TB, name, pkg string) string {
+	t.Helper()
+	return build(t, name, pkg)
+}
+
 // startHome is HOME as the test process started, before any test changed it.
 var startHome = os.Getenv("HOME")
 
