@@ -1,5 +1,7 @@
 package api
 
+import "strings"
+
 // Names are checked with loops, not regular expressions: every nex process
 // runs every package's initialization, including a microVM's PID 1 and its
 // agent under emulation, where compiling a pattern at start-up is
@@ -31,11 +33,7 @@ func onlyNameChars(s, extra string) bool {
 		if 'a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' {
 			continue
 		}
-		ok := false
-		for j := 0; j < len(extra); j++ {
-			ok = ok || c == extra[j]
-		}
-		if !ok {
+		if strings.IndexByte(extra, c) < 0 {
 			return false
 		}
 	}

@@ -5,6 +5,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/nex-engine/nex/api"
 )
 
 // The config channel of a VM sandbox. A VM's agent learns who it is from the
@@ -68,15 +70,8 @@ type FileReply struct {
 // 1–128 of [A-Za-z0-9._-], not starting with a dot (so never ".", "..", a
 // hidden file, or a path).
 func CheckStagedName(name string) error {
-	if name == "" || len(name) > 128 || name[0] == '.' {
+	if len(name) > 128 || strings.HasPrefix(name, ".") || !api.OnlyNameChars(name, "._-") {
 		return fmt.Errorf("staged file name %q: want 1-128 characters of [A-Za-z0-9._-], not starting with a dot", name)
-	}
-	for _, c := range []byte(name) {
-		switch {
-		case c >= 'a' && c <= 'z', c >= 'A' && c <= 'Z', c >= '0' && c <= '9', c == '.', c == '_', c == '-':
-		default:
-			return fmt.Errorf("staged file name %q: character %q not allowed (want [A-Za-z0-9._-])", name, c)
-		}
 	}
 	return nil
 }

@@ -24,9 +24,17 @@ func GoBuildID(path string) (string, error) {
 		return "", err
 	}
 	defer f.Close()
+	id, err := goBuildID(f)
+	if err != nil {
+		return "", fmt.Errorf("%s: %w", path, err)
+	}
+	return id, nil
+}
+
+func goBuildID(f *elf.File) (string, error) {
 	s := f.Section(".note.go.buildid")
 	if s == nil {
-		return "", fmt.Errorf("%s has no Go build ID", path)
+		return "", errors.New("no Go build ID")
 	}
 	b, err := s.Data()
 	if err != nil {
@@ -55,11 +63,21 @@ func ImageAgentID(dir string) string {
 	return strings.TrimSpace(string(b))
 }
 
+// agentBuildID is the build ID of the agent executable's bytes; "" when it
+// has none (an image without it still boots; only the staleness check
+// loses it).
+func agentBuildID(agent []byte) string {
+	f, err := elf.NewFile(bytes.NewReader(agent))
+	if err != nil {
+		return ""
+	}
+	id, _ := goBuildID(f)
+	return id
+}
+
 // recordAgentID writes the agent's build ID into the image's directory.
-// An image without it still boots; only the staleness check loses it.
-func recordAgentID(dir, agentPath string) {
-	id, err := GoBuildID(agentPath)
-	if err != nil || ImageAgentID(dir) == id {
+func recordAgentID(dir, id string) {
+	if id == "" || ImageAgentID(dir) == id {
 		return
 	}
 	_ = os.WriteFile(filepath.Join(dir, AgentIDFile), []byte(id+"\n"), 0o644)

@@ -106,6 +106,7 @@ func Build(ctx context.Context, o Options) (Image, error) {
 	if err := checkStatic(agentPath, agent); err != nil {
 		return Image{}, fmt.Errorf("guest image: %w", err)
 	}
+	agentID := agentBuildID(agent) // before stripping drops the section table
 	size := len(agent)
 	if agent, err = stripForGuest(agent); err != nil {
 		return Image{}, fmt.Errorf("guest image: agent %s: %w", agentPath, err)
@@ -153,7 +154,7 @@ func Build(ctx context.Context, o Options) (Image, error) {
 	}
 	if exists(img.Kernel) && exists(img.Initrd) {
 		img.Cached = true
-		recordAgentID(filepath.Dir(img.Kernel), agentPath)
+		recordAgentID(filepath.Dir(img.Kernel), agentID)
 		progress("image: " + hash + " (cached)")
 		return img, nil
 	}
@@ -174,7 +175,7 @@ func Build(ctx context.Context, o Options) (Image, error) {
 	if err := store(filepath.Join(o.CacheDir, hash), map[string][]byte{KernelFile: vmlinux, InitrdFile: initrd.Bytes()}); err != nil {
 		return Image{}, fmt.Errorf("guest image: %w", err)
 	}
-	recordAgentID(filepath.Dir(img.Kernel), agentPath)
+	recordAgentID(filepath.Dir(img.Kernel), agentID)
 	progress("image: " + hash)
 	pruneImages(o.CacheDir, keepImages, o.Log)
 	return img, nil

@@ -261,7 +261,7 @@ func TestGoBuildID(t *testing.T) {
 	if ImageAgentID(dir) != "" {
 		t.Fatal("an image without a record has an agent id")
 	}
-	recordAgentID(dir, exe)
+	recordAgentID(dir, got)
 	if ImageAgentID(dir) != got {
 		t.Fatalf("recorded %q, want %q", ImageAgentID(dir), got)
 	}

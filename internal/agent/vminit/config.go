@@ -14,13 +14,14 @@ import (
 	"time"
 
 	"github.com/nex-engine/nex/internal/agentapi"
+	"github.com/nex-engine/nex/internal/guestimage"
 )
 
 // Virtio device ids: virtio-serial (the "console" device that carries
 // named ports) and virtio-net.
 const (
-	virtioConsoleID = 3
-	virtioNet       = 1
+	virtioConsoleID = guestimage.VirtioConsole
+	virtioNet       = guestimage.VirtioNet
 )
 
 // pollEvery is how often the waits for devices poll.

@@ -23,13 +23,7 @@ func nodeDial(natsURL string) (func(ctx context.Context) (net.Conn, error), erro
 		return nil, err
 	}
 	if isVsock {
-		return func(ctx context.Context) (net.Conn, error) {
-			c, err := vsock.DialContext(ctx, a.CID, a.Port, nil)
-			if err != nil {
-				return nil, fmt.Errorf("dial %s: %w", a, err)
-			}
-			return c, nil
-		}, nil
+		return func(ctx context.Context) (net.Conn, error) { return dialVsock(ctx, a) }, nil
 	}
 	u, err := url.Parse(natsURL)
 	if err != nil || u.Host == "" {
@@ -59,9 +53,13 @@ type vsockDialer struct{ addr agentapi.VsockAddr }
 func (d *vsockDialer) Dial(_, _ string) (net.Conn, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), vsockDialTimeout)
 	defer cancel()
-	c, err := vsock.DialContext(ctx, d.addr.CID, d.addr.Port, nil)
+	return dialVsock(ctx, d.addr)
+}
+
+func dialVsock(ctx context.Context, a agentapi.VsockAddr) (net.Conn, error) {
+	c, err := vsock.DialContext(ctx, a.CID, a.Port, nil)
 	if err != nil {
-		return nil, fmt.Errorf("dial %s: %w", d.addr, err)
+		return nil, fmt.Errorf("dial %s: %w", a, err)
 	}
 	return c, nil
 }

@@ -128,19 +128,16 @@ func (s *FileServer) receive(r io.Reader, h agentapi.FileHeader, buf []byte) (st
 	if refuse == nil {
 		refuse = s.checkRoom(h.Size)
 	}
+	part := filepath.Join(s.Dir, partPrefix+h.Name)
+	var f *os.File
+	if refuse == nil {
+		f, refuse = os.OpenFile(part, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o700)
+	}
 	if refuse != nil {
 		if _, err := copyFrame(io.Discard, r, h.Size, buf); err != nil {
 			return "", errHostGone
 		}
 		return "", refuse
-	}
-	part := filepath.Join(s.Dir, partPrefix+h.Name)
-	f, err := os.OpenFile(part, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o700)
-	if err != nil {
-		if _, rerr := copyFrame(io.Discard, r, h.Size, buf); rerr != nil {
-			return "", errHostGone
-		}
-		return "", err
 	}
 	werr, rerr := copyFrame(f, r, h.Size, buf)
 	if cerr := f.Close(); werr == nil {
@@ -205,13 +202,6 @@ func copyFrame(w io.Writer, r io.Reader, size int64, buf []byte) (writeErr, read
 	return writeErr, nil
 }
 
-func writeFileReply(w io.Writer, r agentapi.FileReply) error {
-	b, err := json.Marshal(r)
-	if err != nil {
-		return err
-	}
-	_, err = w.Write(append(b, '\n'))
-	return err
-}
+func writeFileReply(w io.Writer, r agentapi.FileReply) error { return json.NewEncoder(w).Encode(r) }
 
 func mib(n int64) string { return fmt.Sprintf("%.1f MiB", float64(n)/(1<<20)) }

@@ -31,23 +31,9 @@ func (v *vm) serveFiles(ctx context.Context) error {
 	log := v.log.With("port", agentapi.FilePortName)
 	s := &FileServer{Dir: agentapi.StagedDir, Log: log}
 	go func() {
-		wctx, cancel := context.WithTimeout(ctx, portWait)
-		port, err := waitPort(wctx, v.p.sysfs, agentapi.FilePortName)
-		cancel()
+		f, err := v.openPort(ctx, agentapi.FilePortName)
 		if err != nil {
 			log.Info("no file port; artifacts will come over NATS", keyError, err)
-			return
-		}
-		dev, err := portDevice(v.p.sysfs, v.p.dev, port, func(path string, major, minor uint32) error {
-			return unix.Mknod(path, unix.S_IFCHR|0o600, int(unix.Mkdev(major, minor)))
-		})
-		if err != nil {
-			log.Warn("file port", keyError, err)
-			return
-		}
-		f, err := os.OpenFile(dev, os.O_RDWR, 0)
-		if err != nil {
-			log.Warn("file port", keyError, err)
 			return
 		}
 		defer f.Close()

@@ -36,8 +36,7 @@ func forward(ctx context.Context, ln net.Listener, dial func(context.Context) (n
 				log.Warn("nats forward: dial node", keyError, err)
 				return
 			}
-			defer up.Close()
-			splice.Conns(ctx, c, up)
+			splice.Conns(ctx, c, up) // closes both
 		}()
 	}
 }

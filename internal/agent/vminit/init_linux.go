@@ -250,20 +250,26 @@ func (v *vm) config(ctx context.Context) error {
 	return nil
 }
 
-func (v *vm) configFromPort(ctx context.Context) (agentapi.VMConfig, error) {
+// openPort waits (up to portWait) for the virtio-serial port called name
+// and opens its device, making the device node if devtmpfs has not.
+func (v *vm) openPort(ctx context.Context, name string) (*os.File, error) {
 	wctx, cancel := context.WithTimeout(ctx, portWait)
-	port, err := waitPort(wctx, v.p.sysfs, agentapi.ConfigPortName)
+	port, err := waitPort(wctx, v.p.sysfs, name)
 	cancel()
 	if err != nil {
-		return agentapi.VMConfig{}, err
+		return nil, err
 	}
 	dev, err := portDevice(v.p.sysfs, v.p.dev, port, func(path string, major, minor uint32) error {
 		return unix.Mknod(path, unix.S_IFCHR|0o600, int(unix.Mkdev(major, minor)))
 	})
 	if err != nil {
-		return agentapi.VMConfig{}, err
+		return nil, err
 	}
-	f, err := os.OpenFile(dev, os.O_RDWR, 0)
+	return os.OpenFile(dev, os.O_RDWR, 0)
+}
+
+func (v *vm) configFromPort(ctx context.Context) (agentapi.VMConfig, error) {
+	f, err := v.openPort(ctx, agentapi.ConfigPortName)
 	if err != nil {
 		return agentapi.VMConfig{}, err
 	}
