@@ -2,7 +2,6 @@ package node
 
 import (
 	"container/list"
-	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -126,8 +125,6 @@ func (s *artifactStore) inUse() int {
 	}
 	return n
 }
-
-var errDigestMismatch = errors.New("digest mismatch")
 
 func digestError(got, want string) error {
 	return fmt.Errorf("%w: its sha256 is %s but the workload JWT says %s", ErrArtifact, got, want)

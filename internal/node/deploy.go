@@ -155,7 +155,6 @@ func (n *Node) checkRequest(req api.DeployRequest) (*verifiedJWT, map[string]str
 // artifactSource is where an artifact's bytes come from, as far as can be
 // told without reading them.
 type artifactSource struct {
-	size   int64  // -1 when unknown
 	digest string // hex sha256 the source claims, "" when unknown
 	open   func() (io.ReadCloser, error)
 }
@@ -185,7 +184,7 @@ func (n *Node) locateArtifact(ctx context.Context, req api.DeployRequest) (*arti
 		if int64(info.Size) > limit {
 			return nil, fmt.Errorf("%w: it is %d bytes, over this node's limit of %d (node_limits.max_workload_bytes)", ErrLimit, info.Size, limit)
 		}
-		src := &artifactSource{size: int64(info.Size), open: func() (io.ReadCloser, error) {
+		src := &artifactSource{open: func() (io.ReadCloser, error) {
 			r, err := obs.Get(ctx, loc.Key())
 			if err != nil {
 				return nil, fmt.Errorf("%w: nats://%s/%s: %v", ErrArtifact, loc.Bucket(), loc.Key(), err)
@@ -207,7 +206,7 @@ func (n *Node) locateArtifact(ctx context.Context, req api.DeployRequest) (*arti
 		if st.Size() > limit {
 			return nil, fmt.Errorf("%w: it is %d bytes, over this node's limit of %d (node_limits.max_workload_bytes)", ErrLimit, st.Size(), limit)
 		}
-		return &artifactSource{size: st.Size(), open: func() (io.ReadCloser, error) {
+		return &artifactSource{open: func() (io.ReadCloser, error) {
 			f, err := os.Open(loc.Path)
 			if err != nil {
 				return nil, fmt.Errorf("%w: %v", ErrArtifact, err)
