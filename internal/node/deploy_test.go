@@ -489,3 +489,32 @@ func childOf(t *testing.T, pid int) int {
 	t.Fatalf("process %d has no child", pid)
 	return 0
 }
+
+// A stop of a deploy that is still fetching its artifact must neither take
+// a reference another workload of the same artifact holds nor leak the one
+// the deploy takes: the deploy fails, and once the other workload stops no
+// artifact is in use.
+func TestStopDuringFetchKeepsArtifactReferences(t *testing.T) {
+	h := newHarness(t, func(c *config.Config) { n := 2; c.MachinePoolSize = &n })
+	_, wl := binaries(t)
+	data, _ := os.ReadFile(wl)
+	hash := h.upload("echo", data)
+	first, err := h.deploy(h.deployRequest("first", "echo", hash, nil, "echo", "svc.first"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	h.node.testHookAfterFetch = func(w *workload) { h.node.undeploy(h.ctx(), w, "stopped in the test") }
+	_, err = h.deploy(h.deployRequest("second", "echo", hash, nil, "echo", "svc.second"))
+	h.node.testHookAfterFetch = nil
+	if err == nil || !strings.Contains(err.Error(), "stopped while its artifact was fetched") {
+		t.Fatalf("deploy stopped during its fetch: %v", err)
+	}
+	if got := h.node.artifacts.inUse(); got != 1 {
+		t.Fatalf("%d artifacts in use while the first workload runs, want 1", got)
+	}
+	h.node.mu.Lock()
+	w := h.node.workloads[first.ID]
+	h.node.mu.Unlock()
+	h.node.undeploy(h.ctx(), w, "test")
+	eventually(t, 10*time.Second, "no artifact in use", func() bool { return h.node.artifacts.inUse() == 0 })
+}

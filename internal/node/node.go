@@ -92,6 +92,9 @@ type Node struct {
 	// testHookBeforeAgentDeploy lets tests inject faults between taking a
 	// sandbox and handing it the workload.
 	testHookBeforeAgentDeploy func(sandbox.Sandbox)
+	// testHookAfterFetch runs once a deploy holds its artifact, before it
+	// checks that it was not stopped meanwhile.
+	testHookAfterFetch func(*workload)
 	// testNoStaging makes every deploy stream its artifact over NATS, the
 	// path VM sandboxes take.
 	testNoStaging bool

@@ -34,7 +34,9 @@ type workload struct {
 	stopping   bool
 	stopReason string
 	retries    int
-	forgotten  bool // forget ran: it releases the artifact once only
+	// artifactHeld (guarded by n.mu, not mu) says the workload holds a
+	// reference on its artifact, which forget gives back once.
+	artifactHeld bool
 	// earlyExit holds an exit the agent reported before start saw the
 	// agent's deploy reply (the two travel on different subscriptions).
 	earlyExit *exitReport
@@ -72,20 +74,25 @@ func (n *Node) Deploy(ctx context.Context, ns string, req api.DeployRequest) (ap
 	}
 	n.workloads[w.id] = w
 	n.mu.Unlock()
-	release := func() {
-		if w.artifactPath == "" { // nothing acquired yet
-			n.mu.Lock()
-			delete(n.workloads, w.id)
-			n.mu.Unlock()
-			return
-		}
-		n.forget(w)
-	}
+	release := func() { n.forget(w) }
 
 	t0 := time.Now()
 	if w.artifactPath, w.size, err = n.fetchArtifact(ctx, req, v.hash); err != nil {
 		release()
 		return api.RunResponse{}, err
+	}
+	if n.testHookAfterFetch != nil {
+		n.testHookAfterFetch(w)
+	}
+	// A stop that came while the artifact was fetched has forgotten w:
+	// the reference just taken is this deploy's to give back.
+	n.mu.Lock()
+	_, kept := n.workloads[w.id]
+	w.artifactHeld = kept
+	n.mu.Unlock()
+	if !kept {
+		n.artifacts.release(v.hash)
+		return api.RunResponse{}, fmt.Errorf("%w: stopped while its artifact was fetched", ErrSandbox)
 	}
 	t1 := time.Now()
 	w.deployedAt = t1
@@ -232,18 +239,18 @@ func (n *Node) workloadEnded(w *workload, h *sandboxHandle, code int, msg string
 	n.forget(w)
 }
 
+// forget drops w and gives back its artifact reference, once: a stop
+// between restarts and the restart loop both get here, and so does a stop
+// of a deploy still fetching, which holds no reference yet.
 func (n *Node) forget(w *workload) {
-	w.mu.Lock()
-	done := w.forgotten
-	w.forgotten = true
-	w.mu.Unlock()
-	if done { // a stop between restarts and the restart loop both get here
-		return
-	}
 	n.mu.Lock()
 	delete(n.workloads, w.id)
+	held := w.artifactHeld
+	w.artifactHeld = false
 	n.mu.Unlock()
-	n.artifacts.release(w.hash)
+	if held {
+		n.artifacts.release(w.hash)
+	}
 }
 
 // restart brings an essential workload back in a fresh sandbox, with
