@@ -20,7 +20,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/nex-engine/nex/api"
 	"github.com/nex-engine/nex/internal/guestimage/cpio"
 )
 
@@ -186,10 +185,10 @@ func Build(ctx context.Context, o Options) (Image, error) {
 // so older ones are only wanted by a node that has not restarted since.
 const keepImages = 4
 
-// pruneImages deletes all but the keep newest images in cacheDir (newest by
-// their kernel file, as nodes pick them), so upgrades do not pile up
-// ≈ 70 MB each. Builds under way and downloaded packages are left alone.
-func pruneImages(cacheDir string, keep int, log *slog.Logger) {
+// Images lists the image directories in cacheDir (those holding a kernel;
+// downloaded packages do not), newest first by their kernel file: a node boots the
+// first that also has its initramfs.
+func Images(cacheDir string) []string {
 	type image struct {
 		dir string
 		mod time.Time
@@ -197,7 +196,7 @@ func pruneImages(cacheDir string, keep int, log *slog.Logger) {
 	var images []image
 	entries, _ := os.ReadDir(cacheDir)
 	for _, e := range entries {
-		if !e.IsDir() || !api.IsSHA256Hex(e.Name()) { // an image's dir is its hash
+		if !e.IsDir() || strings.Contains(e.Name(), ".tmp-") { // a build under way (store)
 			continue
 		}
 		dir := filepath.Join(cacheDir, e.Name())
@@ -207,16 +206,27 @@ func pruneImages(cacheDir string, keep int, log *slog.Logger) {
 		}
 		images = append(images, image{dir, st.ModTime()})
 	}
+	slices.SortFunc(images, func(a, b image) int { return b.mod.Compare(a.mod) })
+	dirs := make([]string, len(images))
+	for i, im := range images {
+		dirs[i] = im.dir
+	}
+	return dirs
+}
+
+// pruneImages deletes all but the keep newest images in cacheDir, so
+// upgrades do not pile up ≈ 70 MB each.
+func pruneImages(cacheDir string, keep int, log *slog.Logger) {
+	images := Images(cacheDir)
 	if len(images) <= keep {
 		return
 	}
-	slices.SortFunc(images, func(a, b image) int { return b.mod.Compare(a.mod) })
-	for _, im := range images[keep:] {
-		if err := os.RemoveAll(im.dir); err != nil {
-			log.Warn("guest image: removing an old image failed", "dir", im.dir, "error", err)
+	for _, dir := range images[keep:] {
+		if err := os.RemoveAll(dir); err != nil {
+			log.Warn("guest image: removing an old image failed", "dir", dir, "error", err)
 			continue
 		}
-		log.Info("guest image: removed an old image", "dir", im.dir)
+		log.Info("guest image: removed an old image", "dir", dir)
 	}
 }
 

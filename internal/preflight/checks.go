@@ -8,7 +8,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"sort"
 	"strings"
 	"time"
 
@@ -140,25 +139,12 @@ func (o Options) Image() (kernel, initrd string) {
 	if o.Kernel != "" || o.Initrd != "" {
 		return o.Kernel, o.Initrd
 	}
-	dirs, _ := filepath.Glob(filepath.Join(o.ImageDir(), "*", guestimage.InitrdFile))
-	type image struct {
-		dir string
-		mod int64
-	}
-	var found []image
-	for _, p := range dirs {
-		dir := filepath.Dir(p)
-		st, err := os.Stat(filepath.Join(dir, guestimage.KernelFile))
-		if err != nil {
-			continue
+	for _, dir := range guestimage.Images(o.ImageDir()) {
+		if initrd := filepath.Join(dir, guestimage.InitrdFile); func() bool { _, err := os.Stat(initrd); return err == nil }() {
+			return filepath.Join(dir, guestimage.KernelFile), initrd
 		}
-		found = append(found, image{dir, st.ModTime().UnixNano()})
 	}
-	if len(found) == 0 {
-		return "", ""
-	}
-	sort.Slice(found, func(i, j int) bool { return found[i].mod > found[j].mod })
-	return filepath.Join(found[0].dir, guestimage.KernelFile), filepath.Join(found[0].dir, guestimage.InitrdFile)
+	return "", ""
 }
 
 // buildImage is the image checks' fix: what `nex rootfs build` does.
