@@ -10,6 +10,8 @@ import (
 	"time"
 
 	"github.com/nex-engine/nex/internal/node/config"
+	"github.com/nex-engine/nex/internal/sandbox"
+	"github.com/nex-engine/nex/internal/sandbox/process"
 )
 
 func percentile(d []time.Duration, p float64) time.Duration {
@@ -25,18 +27,32 @@ func percentile(d []time.Duration, p float64) time.Duration {
 // the refill a deploy causes started at once and once with the node's
 // refill delay, in the same run.
 func BenchmarkDeployToFirstReply(b *testing.B) {
-	saved := refillDelays["process"]
-	defer func() { refillDelays["process"] = saved }()
-	for _, d := range []time.Duration{0, saved} {
-		refillDelays["process"] = d
-		b.Run("refill_delay="+d.String(), benchmarkDeployToFirstReply)
+	nex, _ := binaries(b)
+	drv, err := process.New(process.Config{AgentBinary: nex, Log: quietLog()})
+	if err != nil {
+		b.Fatal(err)
+	}
+	for _, d := range []time.Duration{0, drv.RefillDelay()} {
+		b.Run("refill_delay="+d.String(), func(b *testing.B) { benchmarkDeployToFirstReply(b, d) })
 	}
 }
 
-func benchmarkDeployToFirstReply(b *testing.B) {
-	h := newHarness(b, func(c *config.Config) {
+// pacedDriver is a driver whose refill delay the benchmark sets.
+type pacedDriver struct {
+	sandbox.Driver
+	delay time.Duration
+}
+
+func (p pacedDriver) RefillDelay() time.Duration { return p.delay }
+
+func benchmarkDeployToFirstReply(b *testing.B, refill time.Duration) {
+	nex, _ := binaries(b)
+	h := newHarnessWithDriver(b, func(c *config.Config) {
 		n := 4
 		c.MachinePoolSize = &n
+	}, func(*config.Config) (driverOf, error) {
+		drv, err := process.New(process.Config{AgentBinary: nex, Log: quietLog()})
+		return pacedDriver{drv, refill}, err
 	})
 	defer func() { _ = h.node.Stop(h.ctx()) }()
 	_, wl := binaries(b)

@@ -35,20 +35,16 @@ const (
 	keyNS       = "namespace"
 )
 
-// refillDelays hold back the pool refill a deploy causes
-// (pool.Options.RefillDelay), by driver: the new sandbox would start on the
-// same cores at the moment the deployed workload does, and delay it
-// (docs/BENCHMARKS.md). A process workload needs ≈ 5–10 ms to start and
-// answer; a workload in a microVM under TCG ≈ 0.8 s, and a clone restoring
-// next to it made that 1.0–1.2 s. Variables so benchmarks can compare.
-var (
-	refillDelays       = map[string]time.Duration{"process": 50 * time.Millisecond}
-	defaultRefillDelay = time.Second
-)
+// defaultRefillDelay holds back the pool refill a deploy causes
+// (pool.Options.RefillDelay) for drivers that do not say otherwise
+// (sandbox.RefillPacer): a workload in a microVM under TCG needs ≈ 0.8 s to
+// answer, and a clone restoring next to it made that 1.0–1.2 s
+// (docs/BENCHMARKS.md). A variable so the VM benchmark can compare.
+var defaultRefillDelay = time.Second
 
-func refillDelay(driver string) time.Duration {
-	if d, ok := refillDelays[driver]; ok {
-		return d
+func refillDelay(d sandbox.Driver) time.Duration {
+	if p, ok := d.(sandbox.RefillPacer); ok {
+		return p.RefillDelay()
 	}
 	return defaultRefillDelay
 }
@@ -185,7 +181,7 @@ func (n *Node) Start() error {
 		Parallel: max(2, runtime.NumCPU()),
 		// A deployed workload starts in the sandbox just taken; the refill's
 		// new sandbox would compete with it for the CPU at that moment.
-		RefillDelay: refillDelay(n.o.Driver.Name()),
+		RefillDelay: refillDelay(n.o.Driver),
 		Log:         n.log,
 	})
 	n.api = controlapi.New(n.o.Control, n, n.log)

@@ -7,6 +7,7 @@ package sandbox
 import (
 	"context"
 	"errors"
+	"time"
 
 	"github.com/nex-engine/nex/internal/agentapi"
 )
@@ -60,6 +61,13 @@ type Unsafe interface{ Unsafe() bool }
 // returns the path the agent sees; ctx bounds the transfer (the deploy's).
 type Stager interface {
 	Stage(ctx context.Context, src, name string) (string, error)
+}
+
+// RefillPacer is implemented by drivers that say how long a warm pool
+// holds back the refill a deploy causes, so the new sandbox does not start
+// on the same cores at the moment the deployed workload does.
+type RefillPacer interface {
+	RefillDelay() time.Duration
 }
 
 // Describer is implemented by drivers with state a user should see in

@@ -77,6 +77,16 @@ func New(cfg Config) (*Driver, error) {
 }
 
 // Name implements sandbox.Driver.
+// refillDelay is how long a pool waits to replace a sandbox a deploy took:
+// a process workload needs ≈ 5–10 ms to start and answer, and a new agent
+// starting on the same cores at that moment delays it (docs/BENCHMARKS.md).
+const refillDelay = 50 * time.Millisecond
+
+// RefillDelay implements sandbox.RefillPacer.
+func (d *Driver) RefillDelay() time.Duration { return refillDelay }
+
+var _ sandbox.RefillPacer = (*Driver)(nil)
+
 func (d *Driver) Name() string { return "process" }
 
 // Unsafe implements sandbox.Unsafe: a process sandbox isolates nothing.
