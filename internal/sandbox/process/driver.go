@@ -12,11 +12,11 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"sync"
 	"syscall"
 	"time"
 
+	"github.com/nex-engine/nex/internal/pdeath"
 	"github.com/nex-engine/nex/internal/sandbox"
 )
 
@@ -208,30 +208,16 @@ func (s *Sandbox) Err() error {
 	return s.err
 }
 
-// start starts the agent from a goroutine locked to its OS thread, and
-// waits for it there. Linux sends the parent-death signal when the thread
-// that forked the child exits, and Go ends a thread whose goroutine exits
-// while locked to it (as network-namespace code does): a thread held for the
-// agent's whole life is never one of those.
+// start starts the agent so that its parent-death signal holds (pdeath)
+// and waits for it.
 func (s *Sandbox) start(log *slog.Logger) error {
-	started := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		defer runtime.UnlockOSThread()
-		if err := s.cmd.Start(); err != nil {
-			started <- err
-			return
-		}
+	return pdeath.Start(s.cmd, func() {
 		s.pid = s.cmd.Process.Pid
 		s.log = log.With("sandbox", s.id, "pid", s.pid)
-		started <- nil
-		s.wait()
-	}()
-	return <-started
+	}, s.wait)
 }
 
-func (s *Sandbox) wait() {
-	err := s.cmd.Wait()
+func (s *Sandbox) wait(err error) {
 	s.mu.Lock()
 	switch {
 	case s.requested:

@@ -6,12 +6,12 @@ import (
 	"fmt"
 	"log/slog"
 	"os/exec"
-	"runtime"
 	"strings"
 	"sync/atomic"
 	"syscall"
 	"time"
 
+	"github.com/nex-engine/nex/internal/pdeath"
 	"github.com/nex-engine/nex/internal/sandbox"
 )
 
@@ -43,11 +43,8 @@ type Process struct {
 }
 
 // Start runs cmd in its own process group (so the whole group can be
-// killed) with SIGKILL as its parent-death signal, from a goroutine locked
-// to its OS thread that then waits for it. Linux sends the parent-death
-// signal when the thread that forked the child exits, and Go ends threads
-// whose goroutine exits while locked (as network-namespace code does): a
-// thread held for the VMM's whole life is never one of those.
+// killed) with SIGKILL as its parent-death signal, which holds for its
+// whole life (pdeath).
 func Start(cmd *exec.Cmd, o Options) (*Process, error) {
 	if o.Log == nil {
 		o.Log = slog.Default()
@@ -58,26 +55,13 @@ func Start(cmd *exec.Cmd, o Options) (*Process, error) {
 	cmd.SysProcAttr.Setpgid = true
 	cmd.SysProcAttr.Pdeathsig = syscall.SIGKILL
 	p := &Process{o: o, cmd: cmd, done: make(chan struct{})}
-	started := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		defer runtime.UnlockOSThread()
-		if err := cmd.Start(); err != nil {
-			started <- err
-			return
-		}
-		p.pid = cmd.Process.Pid
-		started <- nil
-		p.wait()
-	}()
-	if err := <-started; err != nil {
+	if err := pdeath.Start(cmd, func() { p.pid = cmd.Process.Pid }, p.wait); err != nil {
 		return nil, fmt.Errorf("launch %s: %w", cmd.Path, err)
 	}
 	return p, nil
 }
 
-func (p *Process) wait() {
-	err := p.cmd.Wait()
+func (p *Process) wait(err error) {
 	if p.o.OnExit != nil {
 		p.o.OnExit()
 	}

@@ -9,10 +9,10 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
-	"runtime"
 	"syscall"
 	"time"
 
+	"github.com/nex-engine/nex/internal/pdeath"
 	"github.com/nex-engine/nex/internal/workload"
 )
 
@@ -78,25 +78,13 @@ type handle struct {
 	exit workload.Exit
 }
 
-// start starts the workload from a goroutine locked to its OS thread and
-// waits for it there: the parent-death signal fires when the thread that
-// forked the child exits, so that thread must live as long as the workload.
+// start starts the workload so that its parent-death signal holds
+// (pdeath) and records its exit.
 func (h *handle) start() error {
-	started := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		defer runtime.UnlockOSThread()
-		if err := h.cmd.Start(); err != nil {
-			started <- err
-			return
-		}
-		h.pid = h.cmd.Process.Pid
-		started <- nil
-		err := h.cmd.Wait()
+	return pdeath.Start(h.cmd, func() { h.pid = h.cmd.Process.Pid }, func(err error) {
 		h.exit = exitOf(h.cmd.ProcessState, err)
 		close(h.done)
-	}()
-	return <-started
+	})
 }
 
 func (h *handle) Wait(ctx context.Context) (workload.Exit, error) {

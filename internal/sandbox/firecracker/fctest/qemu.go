@@ -7,7 +7,6 @@ import (
 	"log/slog"
 	"net"
 	"os/exec"
-	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -15,6 +14,7 @@ import (
 
 	"github.com/nex-engine/nex/internal/accel"
 	"github.com/nex-engine/nex/internal/agentapi"
+	"github.com/nex-engine/nex/internal/pdeath"
 	"github.com/nex-engine/nex/internal/sandbox/qemu"
 )
 
@@ -170,19 +170,9 @@ type qemuVM struct {
 	mu   sync.Mutex
 }
 
-// start starts QEMU from a goroutine locked to its OS thread, and waits for
-// it there: the parent-death signal follows the thread that forked.
+// start starts QEMU so that its parent-death signal holds (pdeath).
 func (v *qemuVM) start() error {
-	started := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		defer runtime.UnlockOSThread()
-		if err := v.cmd.Start(); err != nil {
-			started <- err
-			return
-		}
-		started <- nil
-		err := v.cmd.Wait()
+	return pdeath.Start(v.cmd, nil, func(err error) {
 		if err != nil {
 			err = fmt.Errorf("qemu: %w", err)
 		}
@@ -190,8 +180,7 @@ func (v *qemuVM) start() error {
 		v.err = err
 		v.mu.Unlock()
 		close(v.done)
-	}()
-	return <-started
+	})
 }
 
 func (v *qemuVM) Done() <-chan struct{} { return v.done }
