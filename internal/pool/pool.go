@@ -54,8 +54,10 @@ type Pool[M comparable] struct {
 	lastErr  error
 	changed  chan struct{} // closed and replaced on every change
 	closed   bool
-	// deferUntil holds refills back after a Take (Options.RefillDelay).
+	// deferUntil holds refills back after a Take (Options.RefillDelay);
+	// deferTimer pokes the refill loop when it passes.
 	deferUntil time.Time
+	deferTimer *time.Timer
 
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -121,8 +123,12 @@ func (p *Pool[M]) refill() {
 				break
 			}
 			if wait := time.Until(p.deferUntil); wait > 0 && p.waiting == 0 {
+				if p.deferTimer == nil {
+					p.deferTimer = time.AfterFunc(wait, p.poke)
+				} else {
+					p.deferTimer.Reset(wait)
+				}
 				p.mu.Unlock()
-				time.AfterFunc(wait, p.poke)
 				break
 			}
 			delay := time.Duration(0)
@@ -203,9 +209,7 @@ func (p *Pool[M]) Take(ctx context.Context) (M, error) {
 			m := p.ready[0]
 			p.ready = p.ready[1:]
 			p.waiting--
-			if p.o.RefillDelay > 0 {
-				p.deferUntil = time.Now().Add(p.o.RefillDelay)
-			}
+			p.deferUntil = time.Now().Add(p.o.RefillDelay)
 			p.notify()
 			p.mu.Unlock()
 			p.poke()
