@@ -156,7 +156,9 @@ func (n *Node) checkRequest(req api.DeployRequest) (*verifiedJWT, map[string]str
 // told without reading them.
 type artifactSource struct {
 	digest string // hex sha256 the source claims, "" when unknown
-	open   func() (io.ReadCloser, error)
+	// open returns the bytes, and the hex sha256 the reader itself checks
+	// them against at their end ("" when it does not: the node hashes them).
+	open func() (r io.ReadCloser, verifies string, err error)
 }
 
 // locateArtifact resolves a deploy's location, refusing a missing object or
@@ -184,12 +186,23 @@ func (n *Node) locateArtifact(ctx context.Context, req api.DeployRequest) (*arti
 		if int64(info.Size) > limit {
 			return nil, fmt.Errorf("%w: it is %d bytes, over this node's limit of %d (node_limits.max_workload_bytes)", ErrLimit, info.Size, limit)
 		}
-		src := &artifactSource{open: func() (io.ReadCloser, error) {
+		src := &artifactSource{open: func() (io.ReadCloser, string, error) {
 			r, err := obs.Get(ctx, loc.Key())
 			if err != nil {
-				return nil, fmt.Errorf("%w: nats://%s/%s: %v", ErrArtifact, loc.Bucket(), loc.Key(), err)
+				return nil, "", fmt.Errorf("%w: nats://%s/%s: %v", ErrArtifact, loc.Bucket(), loc.Key(), err)
 			}
-			return r, nil
+			// The object reader checks the bytes against the digest of the
+			// object it reads (which may have been replaced since GetInfo).
+			info, err := r.Info()
+			if err != nil {
+				r.Close()
+				return nil, "", fmt.Errorf("%w: nats://%s/%s: %v", ErrArtifact, loc.Bucket(), loc.Key(), err)
+			}
+			sum, err := jetstream.DecodeObjectDigest(info.Digest)
+			if err != nil {
+				return r, "", nil
+			}
+			return r, hex.EncodeToString(sum), nil
 		}}
 		if sum, err := jetstream.DecodeObjectDigest(info.Digest); err == nil {
 			src.digest = hex.EncodeToString(sum)
@@ -206,12 +219,12 @@ func (n *Node) locateArtifact(ctx context.Context, req api.DeployRequest) (*arti
 		if st.Size() > limit {
 			return nil, fmt.Errorf("%w: it is %d bytes, over this node's limit of %d (node_limits.max_workload_bytes)", ErrLimit, st.Size(), limit)
 		}
-		return &artifactSource{open: func() (io.ReadCloser, error) {
+		return &artifactSource{open: func() (io.ReadCloser, string, error) {
 			f, err := os.Open(loc.Path)
 			if err != nil {
-				return nil, fmt.Errorf("%w: %v", ErrArtifact, err)
+				return nil, "", fmt.Errorf("%w: %v", ErrArtifact, err)
 			}
-			return f, nil
+			return f, "", nil
 		}}, nil
 	}
 	return nil, fmt.Errorf("%w: unsupported location scheme %q (nats://bucket/key or file://)", ErrArtifact, loc.Scheme)
@@ -230,17 +243,26 @@ func (n *Node) fetchArtifact(ctx context.Context, req api.DeployRequest, wantHas
 	}
 	limit := n.cfg.NodeLimits.MaxWorkloadBytes
 	path, size, _, err = n.artifacts.acquire(wantHash, func(tmp string) (int64, error) {
-		r, err := src.open()
+		r, verifies, err := src.open()
 		if err != nil {
 			return 0, err
 		}
 		defer r.Close()
+		if verifies != "" && verifies != wantHash {
+			return 0, digestError(verifies, wantHash)
+		}
 		f, err := os.OpenFile(tmp, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o600)
 		if err != nil {
 			return 0, fmt.Errorf("%w: %v", ErrArtifact, err)
 		}
-		h := sha256.New()
-		size, err := io.Copy(io.MultiWriter(f, h), io.LimitReader(r, limit+1))
+		// Hash here only what the reader does not check itself.
+		var h hash.Hash
+		var w io.Writer = f
+		if verifies == "" {
+			h = sha256.New()
+			w = io.MultiWriter(f, h)
+		}
+		size, err := io.Copy(w, io.LimitReader(r, limit+1))
 		if cerr := f.Close(); err == nil {
 			err = cerr
 		}
@@ -250,8 +272,10 @@ func (n *Node) fetchArtifact(ctx context.Context, req api.DeployRequest, wantHas
 		if size > limit {
 			return 0, fmt.Errorf("%w: it is over this node's limit of %d bytes (node_limits.max_workload_bytes)", ErrLimit, limit)
 		}
-		if got := hexSum(h); got != wantHash {
-			return 0, digestError(got, wantHash)
+		if h != nil {
+			if got := hexSum(h); got != wantHash {
+				return 0, digestError(got, wantHash)
+			}
 		}
 		return size, nil
 	})
