@@ -135,14 +135,14 @@ type Deploy struct {
 	Env        map[string]string `json:"env,omitempty"` // keys already upper-cased
 	Hash       string            `json:"hash"`          // hex sha256 of the artifact
 	Size       int64             `json:"size"`
+	// StagedPath, when set, is where the node already put the artifact it
+	// verified (sandboxes sharing the host filesystem; in a QEMU VM, the
+	// file port of vm.go): the agent checks its size and does not fetch it
+	// over NATS.
+	StagedPath string `json:"staged_path,omitempty"`
 	// Workload NATS credentials (a user of the node's workload account). The
 	// agent sets NATS_URL from them when Env has none, pointing at the address
 	// it itself reaches the node with (or its in-guest forwarder).
-	// StagedPath, when set, is where the node already put the artifact
-	// (sandboxes sharing the host filesystem; in a QEMU VM, the file port
-	// of vm.go): the agent verifies it like a download and does not fetch
-	// it over NATS.
-	StagedPath   string   `json:"staged_path,omitempty"`
 	NATSUser     string   `json:"nats_user,omitempty"`
 	NATSPassword string   `json:"nats_password,omitempty"`
 	Triggers     []string `json:"trigger_subjects,omitempty"`

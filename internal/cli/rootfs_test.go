@@ -4,10 +4,11 @@ import (
 	"bytes"
 	"context"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/nex-engine/nex/internal/sandbox/sandboxtest"
 )
 
 // TestRootfsBuild drives `nex rootfs build` with a supplied kernel. A static
@@ -16,14 +17,7 @@ import (
 // in.
 func TestRootfsBuild(t *testing.T) {
 	dir := t.TempDir()
-	src := filepath.Join(dir, "main.go")
-	bin := filepath.Join(dir, "static")
-	os.WriteFile(src, []byte("package main\nfunc main() {}\n"), 0o644)
-	build := exec.Command("go", "build", "-o", bin, src)
-	build.Env = append(os.Environ(), "CGO_ENABLED=0")
-	if out, err := build.CombinedOutput(); err != nil {
-		t.Fatalf("go build: %v\n%s", err, out)
-	}
+	bin := sandboxtest.BuildWorkload(t) // any static Go program
 	data := filepath.Join(dir, "data")
 	args := []string{"rootfs", "build", "--kernel", bin, "--agent", bin, "--data-dir", data}
 	var out, errb bytes.Buffer

@@ -28,9 +28,6 @@ import (
 // are the driver's own; only the guest is missing. The VM tests (vm_test.go)
 // boot the guest too.
 
-// Recorded in the sandbox dir by fcserver.
-const recordFile = "fctest-api.log"
-
 type apiOnly struct {
 	h      *sandboxtest.Harness
 	kernel string
@@ -72,7 +69,7 @@ func (a *apiOnly) spec(t *testing.T, id string) sandbox.Spec {
 // readRecord reads the requests fcserver answered.
 func readRecord(t *testing.T, dir string) []fctest.Request {
 	t.Helper()
-	f, err := os.Open(filepath.Join(dir, recordFile))
+	f, err := os.Open(filepath.Join(dir, fctest.RecordFile))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -2,11 +2,9 @@ package qemu
 
 import (
 	"context"
-	"crypto/rand"
 	"crypto/sha256"
 	"encoding/hex"
 	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 
@@ -43,13 +41,13 @@ func testStage(t *testing.T, d *Driver) {
 	}
 
 	// The default guest (128 MiB) cannot hold 96 MiB in its tmpfs.
-	big := writeRandom(t, 96<<20)
+	big, _ := artifact(t, 96<<20)
 	if _, err := st.Stage(ctx, big, "big"); err == nil || !strings.Contains(err.Error(), "does not fit") ||
 		!strings.Contains(err.Error(), "memsize_mib") {
 		t.Fatalf("staging 96 MiB into a 128 MiB guest: %v; want a clear refusal", err)
 	}
 
-	data := writeRandom(t, 5<<20+123)
+	data, dataBytes := artifact(t, 5<<20+123)
 	dataPath, err := st.Stage(ctx, data, "data")
 	if err != nil {
 		t.Fatal(err)
@@ -83,26 +81,7 @@ func testStage(t *testing.T, d *Driver) {
 			got = v
 		}
 	}
-	if want := fileHex(t, data); got != want {
-		t.Fatalf("sha256 of the staged file in the guest = %q, want %q (the host's)", got, want)
+	if sum := sha256.Sum256(dataBytes); got != hex.EncodeToString(sum[:]) {
+		t.Fatalf("sha256 of the staged file in the guest = %q, want %x (the host's)", got, sha256.Sum256(dataBytes))
 	}
-}
-
-func writeRandom(t *testing.T, n int) string {
-	t.Helper()
-	b := make([]byte, n)
-	if _, err := rand.Read(b); err != nil {
-		t.Fatal(err)
-	}
-	p := filepath.Join(t.TempDir(), "random")
-	if err := os.WriteFile(p, b, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	return p
-}
-
-func fileHex(t *testing.T, path string) string {
-	t.Helper()
-	s := fileSum(t, path)
-	return hex.EncodeToString(s[:])
 }

@@ -137,7 +137,6 @@ type Server struct {
 	requests []Request
 	machine  Machine
 	hasBoot  bool
-	hasVsock bool
 	vsockLn  net.Listener
 	vm       VM
 	started  chan struct{} // closed on a successful InstanceStart
@@ -416,7 +415,7 @@ func (s *Server) putVsock(body []byte) error {
 			c.Close()
 		}
 	}()
-	s.vsockLn, s.hasVsock = ln, true
+	s.vsockLn = ln
 	s.machine.VsockUDS, s.machine.GuestCID = *v.UDSPath, *v.GuestCID
 	return nil
 }

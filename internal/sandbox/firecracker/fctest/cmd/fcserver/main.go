@@ -22,9 +22,6 @@ import (
 	"github.com/nex-engine/nex/internal/sandbox/qemu"
 )
 
-// RecordFile is the default --record file, beside the API socket.
-const RecordFile = "fctest-api.log"
-
 func main() {
 	fs := flag.NewFlagSet("fcserver", flag.ContinueOnError)
 	sock := fs.String("api-sock", "", "path of the API unix socket (required)")
@@ -33,7 +30,7 @@ func main() {
 	boot := fs.String("boot", "qemu", "what InstanceStart boots: qemu, or none (API-only tests)")
 	qemuBin := fs.String("qemu", qemu.DefaultBinary, "QEMU executable")
 	nex := fs.String("nex", "", "nex executable whose vm-forward carries the guest's vsock connections")
-	record := fs.String("record", "", "file that gets each answered request as a JSON line (default "+RecordFile+" beside the API socket)")
+	record := fs.String("record", "", "file that gets each answered request as a JSON line (default "+fctest.RecordFile+" beside the API socket)")
 	debug := fs.Bool("debug", false, "log every request")
 	if err := fs.Parse(os.Args[1:]); err != nil {
 		os.Exit(2)
@@ -59,7 +56,7 @@ func main() {
 
 func run(sock, id, boot, qemuBin, nex, record string, log *slog.Logger) error {
 	if record == "" {
-		record = filepath.Join(filepath.Dir(sock), RecordFile)
+		record = filepath.Join(filepath.Dir(sock), fctest.RecordFile)
 	}
 	rec, err := os.OpenFile(record, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600)
 	if err != nil {
