@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -129,6 +130,21 @@ func unpackedKernel(root string) (kernelFiles, error) {
 		}
 	}
 	return kernelFiles{}, fmt.Errorf("%s: no lib/modules/%s", root, ver)
+}
+
+// AptInstall runs apt-get update, then apt-get install -y of pkgs, with
+// their output in w.
+func AptInstall(ctx context.Context, w io.Writer, pkgs ...string) error {
+	for _, args := range [][]string{{"update"}, append([]string{"install", "-y"}, pkgs...)} {
+		fmt.Fprintln(w, "  $ apt-get", strings.Join(args, " "))
+		cmd := exec.CommandContext(ctx, "apt-get", args...)
+		cmd.Env = append(os.Environ(), "DEBIAN_FRONTEND=noninteractive")
+		cmd.Stdout, cmd.Stderr = w, w
+		if err := cmd.Run(); err != nil {
+			return fmt.Errorf("apt-get %s: %w", args[0], err)
+		}
+	}
+	return nil
 }
 
 func run(ctx context.Context, dir, name string, args ...string) ([]byte, error) {

@@ -176,16 +176,7 @@ func (o Options) checkQEMU(ctx context.Context) sandbox.Check {
 
 // installQEMU is the QEMU check's fix on Debian-like hosts.
 func installQEMU(ctx context.Context, w io.Writer) error {
-	for _, args := range [][]string{{"update"}, {"install", "-y", "qemu-system-x86"}} {
-		fmt.Fprintln(w, "  $ apt-get", args)
-		cmd := exec.CommandContext(ctx, "apt-get", args...)
-		cmd.Env = append(os.Environ(), "DEBIAN_FRONTEND=noninteractive")
-		cmd.Stdout, cmd.Stderr = w, w
-		if err := cmd.Run(); err != nil {
-			return fmt.Errorf("apt-get %s: %w", args[0], err)
-		}
-	}
-	return nil
+	return guestimage.AptInstall(ctx, w, "qemu-system-x86")
 }
 
 // checkAccel always passes for QEMU (TCG works everywhere) and says which

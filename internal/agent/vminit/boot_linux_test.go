@@ -24,6 +24,7 @@ import (
 	"github.com/nex-engine/nex/internal/agentapi"
 	"github.com/nex-engine/nex/internal/guestimage"
 	"github.com/nex-engine/nex/internal/natsd"
+	"github.com/nex-engine/nex/internal/sandbox/sandboxtest"
 )
 
 // The boot proof: a real guest image (Debian's cloud kernel, a freshly built
@@ -43,8 +44,9 @@ func requireVM(tb testing.TB) string {
 	return qemu
 }
 
-// buildImage builds a static nex and the guest image around it. Kernel
-// packages are kept in the user's cache between runs.
+// buildImage builds a static nex and the guest image around it, on Debian's
+// cloud kernel or the one NEX_GUEST_KERNEL names. Kernel packages are kept
+// in the user's cache between runs.
 func buildImage(tb testing.TB) guestimage.Image {
 	tb.Helper()
 	gomod, err := exec.Command("go", "env", "GOMOD").Output()
@@ -66,6 +68,7 @@ func buildImage(tb testing.TB) guestimage.Image {
 		CacheDir:   tb.TempDir(),
 		PackageDir: filepath.Join(cache, "nex-vmtest", "pkgs"),
 		Agent:      bin,
+		Kernel:     os.Getenv(sandboxtest.EnvGuestKernel),
 		Progress:   func(s string) { tb.Log("image:", s) },
 	})
 	if err != nil {
@@ -155,11 +158,17 @@ func boot(tb testing.TB, qemu string, img guestimage.Image, n node, id string, v
 	// internal/sandbox/qemu/args.go for why each is there).
 	cmdline := fmt.Sprintf("console=ttyS0 quiet panic=-1 reboot=t tsc_early_khz=%d cryptomgr.notests "+
 		"initcall_blacklist=init_kprobe_trace mitigations=off nokaslr noreplace-smp%s", hostTSCkHz(tb), debugArg())
+	// A kernel that finds its devices on the command line boots without
+	// ACPI, as the driver runs it; its power off is then a restart.
+	machine := "microvm"
+	if ok, _ := guestimage.CmdlineDevices(img.Kernel); ok {
+		machine += ",acpi=off"
+	}
 	args := []string{
 		// RDRAND lets the guest kernel's CRNG be ready at once: without it
 		// the first getrandom (crypto/rand, in nats.go's package init) waits
 		// ≈ 1 s under TCG for the kernel to gather jitter entropy.
-		"-M", "microvm", "-accel", "tcg", "-cpu", "qemu64,+rdrand", "-m", "128", "-smp", "1",
+		"-M", machine, "-accel", "tcg", "-cpu", "qemu64,+rdrand", "-m", "128", "-smp", "1",
 		"-nographic", "-nodefaults", "-no-user-config", "-serial", "stdio", "-no-reboot",
 		"-kernel", img.Kernel, "-initrd", img.Initrd,
 		"-netdev", fmt.Sprintf("user,id=n0,restrict=on,guestfwd=tcp:%s-cmd:%s %s 127.0.0.1:%s",

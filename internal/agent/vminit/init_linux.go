@@ -556,16 +556,28 @@ func exitStatus(ws unix.WaitStatus) string {
 	return fmt.Sprintf("exit %d", ws.ExitStatus())
 }
 
-// powerOff ends the VM. It needs ACPI; where that fails, RESTART ends it
-// too, because nex runs QEMU with -no-reboot. Should both fail, PID 1 exits,
-// the kernel panics and panic=-1 reboots, which again ends QEMU.
+// powerOff ends the VM. Powering off needs ACPI; a guest without it (nex's
+// small kernel, which QEMU boots with acpi=off) would only halt, leaving the
+// VMM running, so it restarts instead, which ends the VM as well: QEMU runs
+// with -no-reboot, and Firecracker exits on the i8042 reset of reboot=k.
+// Should that fail too, PID 1 exits, the kernel panics and panic=-1
+// reboots, which again ends the VMM.
 func powerOff(log *slog.Logger) {
 	unix.Sync()
-	err := unix.Reboot(unix.LINUX_REBOOT_CMD_POWER_OFF)
-	log.Error("power off", keyError, err)
-	err = unix.Reboot(unix.LINUX_REBOOT_CMD_RESTART)
+	if canPowerOff(guestPaths.sysfs) {
+		err := unix.Reboot(unix.LINUX_REBOOT_CMD_POWER_OFF)
+		log.Error("power off", keyError, err)
+	}
+	err := unix.Reboot(unix.LINUX_REBOOT_CMD_RESTART)
 	log.Error("restart", keyError, err)
 	os.Exit(1)
+}
+
+// canPowerOff reports whether the kernel runs on ACPI, without which
+// reboot(POWER_OFF) halts the CPU and never returns.
+func canPowerOff(sysfs string) bool {
+	_, err := os.Stat(filepath.Join(sysfs, "firmware", "acpi"))
+	return err == nil
 }
 
 // uptime is the time since the kernel started (monotonic, unaffected by the

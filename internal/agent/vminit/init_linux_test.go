@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"os"
+	"path/filepath"
 	"reflect"
 	"strings"
 	"testing"
@@ -85,5 +86,20 @@ func TestAwaitReadyChildGone(t *testing.T) {
 	defer cancel()
 	if err := awaitReady(ctx, initEnd2); err == nil || !errors.Is(err, os.ErrDeadlineExceeded) {
 		t.Fatalf("awaitReady past its context: %v", err)
+	}
+}
+
+// Without ACPI, reboot(POWER_OFF) halts and the VMM runs on, so PID 1 must
+// know to restart instead (QEMU's -no-reboot, Firecracker's reboot=k).
+func TestCanPowerOff(t *testing.T) {
+	sysfs := t.TempDir()
+	if canPowerOff(sysfs) {
+		t.Fatal("a sysfs without firmware/acpi says the guest can power off")
+	}
+	if err := os.MkdirAll(filepath.Join(sysfs, "firmware", "acpi"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if !canPowerOff(sysfs) {
+		t.Fatal("a sysfs with firmware/acpi says the guest cannot power off")
 	}
 }

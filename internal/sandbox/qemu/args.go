@@ -90,10 +90,18 @@ type machine struct {
 	RAM       *ramFile
 	// Incoming makes QEMU wait for QMP migrate-incoming (snapshot clones).
 	Incoming bool
+	// NoACPI boots without ACPI tables: QEMU lists the virtio-mmio devices
+	// on the kernel command line instead, for a kernel that reads them there
+	// (guestimage.CmdlineDevices). The guest then skips ACPI's interpreter
+	// and powers off through reboot=t and -no-reboot.
+	NoACPI bool
 }
 
 func (m machine) args() []string {
 	mopt := "microvm"
+	if m.NoACPI {
+		mopt += ",acpi=off"
+	}
 	if m.RAM != nil {
 		mopt += ",memory-backend=mem"
 	}

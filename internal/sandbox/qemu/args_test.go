@@ -46,9 +46,12 @@ func TestArgsGolden(t *testing.T) {
 	comma.RAM = &ramFile{Path: "/snap/a,b/ram.img"}
 	comma.Forwarder = []string{"/opt/my nex,v2/nex", "vm-forward"}
 
+	noACPI := clone
+	noACPI.NoACPI = true
+
 	for name, m := range map[string]machine{
 		"cold_tcg": base, "cold_kvm": kvm, "cold_tcg_2vcpu": tcgSMP, "template": template, "clone": clone,
-		"no_tsc": noTSC, "comma_in_path": comma,
+		"no_tsc": noTSC, "comma_in_path": comma, "no_acpi_clone": noACPI,
 	} {
 		t.Run(name, func(t *testing.T) {
 			got := strings.Join(m.args(), "\n") + "\n"

@@ -26,6 +26,7 @@ import (
 
 	"github.com/nex-engine/nex/internal/accel"
 	"github.com/nex-engine/nex/internal/agentapi"
+	"github.com/nex-engine/nex/internal/guestimage"
 	"github.com/nex-engine/nex/internal/sandbox"
 	"github.com/nex-engine/nex/internal/sandbox/vmm"
 )
@@ -100,6 +101,9 @@ type Driver struct {
 	// big /init needs twice its size on top of the kernel's own.
 	minMemMiB int
 	memWarn   sync.Once
+	// noACPI: the kernel finds its devices on the command line, so guests
+	// boot without ACPI (machine.NoACPI).
+	noACPI bool
 
 	tmu       sync.Mutex
 	templates map[Shape]*templateEntry
@@ -139,12 +143,15 @@ func New(c Config) (*Driver, error) {
 		templates: map[Shape]*templateEntry{},
 	}
 	d.minMemMiB = sandbox.MinGuestMemoryMiB(c.Initrd)
+	// A kernel that cannot be read fails the first boot with QEMU's own
+	// message; until then ACPI stays on, which every kernel can use.
+	d.noACPI, _ = guestimage.CmdlineDevices(c.Kernel)
 	d.accel = accel.Detect()
 	if c.Accel != "" && c.Accel != d.accel.Accel {
 		d.accel = accel.Choice{Accel: c.Accel, Reason: fmt.Sprintf("forced by config (detection said: %s)", d.accel.Reason)}
 	}
 	d.inputs = sync.OnceValues(d.hashInputs)
-	d.log.Info("QEMU accelerator chosen", logAccel, d.accel.Accel, "reason", d.accel.Reason)
+	d.log.Info("QEMU accelerator chosen", logAccel, d.accel.Accel, "reason", d.accel.Reason, "acpi", !d.noACPI)
 	if d.tsc == 0 {
 		d.log.Warn("host TSC frequency unknown (no 'cpu MHz' in /proc/cpuinfo); guests may hang calibrating their TSC")
 	}

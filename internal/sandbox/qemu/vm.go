@@ -75,6 +75,7 @@ func (d *Driver) machine(id string, s Shape) machine {
 		TBSizeMiB: tbSizeMiB,
 		TSCkHz:    d.tsc,
 		Forwarder: d.cfg.Forwarder,
+		NoACPI:    d.noACPI,
 	}
 }
 

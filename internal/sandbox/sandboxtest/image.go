@@ -14,6 +14,11 @@ import (
 // across runs (scripts/test sets it); default: the user cache dir's nex.
 const EnvCacheDir = "NEX_CACHE_DIR"
 
+// EnvGuestKernel names a kernel (vmlinux or bzImage) the VM tests boot
+// instead of Debian's cloud kernel, e.g. one built by `nex rootfs kernel`.
+// It must have the guest's drivers built in: no modules go with it.
+const EnvGuestKernel = "NEX_GUEST_KERNEL"
+
 var (
 	imagesMu sync.Mutex
 	images   = map[string]guestimage.Image{}
@@ -37,7 +42,11 @@ func GuestImage(tb testing.TB, agent string) guestimage.Image {
 		}
 		cache = filepath.Join(dir, "nex")
 	}
-	img, err := guestimage.Build(context.Background(), guestimage.Options{CacheDir: filepath.Join(cache, "images"), Agent: agent})
+	img, err := guestimage.Build(context.Background(), guestimage.Options{
+		CacheDir: filepath.Join(cache, "images"),
+		Agent:    agent,
+		Kernel:   os.Getenv(EnvGuestKernel),
+	})
 	if err != nil {
 		tb.Fatal(err)
 	}

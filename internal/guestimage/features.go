@@ -1,0 +1,56 @@
+package guestimage
+
+import (
+	"bufio"
+	"bytes"
+	"fmt"
+	"io"
+	"os"
+)
+
+// cmdlineDevicesParam is the parameter by which a kernel built with
+// CONFIG_VIRTIO_MMIO_CMDLINE_DEVICES (and virtio_mmio built in) learns its
+// virtio-mmio devices from the command line. The kernel's table of built-in
+// parameters holds the name as a NUL-terminated string.
+var cmdlineDevicesParam = []byte("virtio_mmio.device\x00")
+
+// CmdlineDevices reports whether the kernel at path finds virtio-mmio
+// devices on its command line. Such a kernel boots without ACPI: QEMU's
+// microvm with acpi=off lists the devices there, and the guest skips the
+// ACPI tables and their interpreter (Firecracker always passes devices this
+// way). Debian's kernels lack it (virtio_mmio is a module) and need ACPI.
+func CmdlineDevices(path string) (bool, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return false, err
+	}
+	defer f.Close()
+	found, err := containsStream(bufio.NewReaderSize(f, 1<<20), cmdlineDevicesParam)
+	if err != nil {
+		return false, fmt.Errorf("kernel %s: %w", path, err)
+	}
+	return found, nil
+}
+
+// containsStream reports whether r holds needle, reading it in chunks that
+// overlap by len(needle)-1 bytes so a match across two reads is found.
+func containsStream(r io.Reader, needle []byte) (bool, error) {
+	buf := make([]byte, 0, 1<<20+len(needle))
+	chunk := make([]byte, 1<<20)
+	for {
+		n, err := r.Read(chunk)
+		buf = append(buf, chunk[:n]...)
+		if bytes.Contains(buf, needle) {
+			return true, nil
+		}
+		if keep := len(needle) - 1; len(buf) > keep {
+			buf = append(buf[:0], buf[len(buf)-keep:]...)
+		}
+		if err == io.EOF {
+			return false, nil
+		}
+		if err != nil {
+			return false, err
+		}
+	}
+}
