@@ -143,8 +143,8 @@ func New(c Config) (*Driver, error) {
 		templates: map[Shape]*templateEntry{},
 	}
 	d.minMemMiB = sandbox.MinGuestMemoryMiB(c.Initrd)
-	// A kernel that cannot be read fails the first boot with QEMU's own
-	// message; until then ACPI stays on, which every kernel can use.
+	// A kernel that cannot be read here fails the first boot with QEMU's
+	// own message, which says more than this error would.
 	d.noACPI, _ = guestimage.CmdlineDevices(c.Kernel)
 	d.accel = accel.Detect()
 	if c.Accel != "" && c.Accel != d.accel.Accel {
