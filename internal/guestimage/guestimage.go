@@ -114,7 +114,7 @@ func Build(ctx context.Context, o Options) (Image, error) {
 
 	var mods []Module
 	if kf.Modules == "" {
-		progress("modules: none given; the kernel must have virtio_mmio, virtio_net and virtio_console built in")
+		progress("modules: none given; the kernel must have the guest's drivers built in")
 	} else {
 		ix, err := loadModuleIndex(kf.Modules)
 		if err != nil {
@@ -165,6 +165,19 @@ func Build(ctx context.Context, o Options) (Image, error) {
 	}
 	if err := sameMachine(vmlinux, agent); err != nil {
 		return Image{}, fmt.Errorf("guest image: %w", err)
+	}
+	if kf.Modules == "" {
+		// Without this a guest would boot and wait for devices it cannot
+		// drive until the node's boot timeout.
+		required, optional := missingBuiltins(vmlinux)
+		if len(required) > 0 {
+			return Image{}, fmt.Errorf("guest image: kernel %s lacks built-in %s and no modules were given "+
+				"(fix: give its modules with --modules DIR, or build nex's kernel with nex rootfs kernel)",
+				kf.Image, strings.Join(required, ", "))
+		}
+		if len(optional) > 0 {
+			progress("kernel: no built-in " + strings.Join(optional, ", ") + ": Firecracker sandboxes (vsock) will not reach the node")
+		}
 	}
 	var initrd bytes.Buffer
 	if err := writeInitramfs(&initrd, agent, mods, modData); err != nil {

@@ -12,6 +12,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"reflect"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -267,5 +268,45 @@ func TestGoBuildID(t *testing.T) {
 	}
 	if _, err := GoBuildID(filepath.Join(dir, AgentIDFile)); err == nil {
 		t.Fatal("a text file has a build ID")
+	}
+}
+
+// A kernel given without modules must have the guest's drivers built in;
+// one that lacks them is refused by name at build time instead of booting
+// guests that wait for devices until the node's boot timeout.
+func TestBuildKernelWithoutModules(t *testing.T) {
+	in := inputs(t)
+	in.opts.CacheDir = t.TempDir()
+	in.opts.KernelModules = ""
+	_, err := Build(context.Background(), in.opts)
+	for _, want := range []string{"virtio_mmio", "virtio_net", "virtio_console", "nex rootfs kernel"} {
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Fatalf("err = %v, want it to name %q", err, want)
+		}
+	}
+	if strings.Contains(err.Error(), "vsock") {
+		t.Fatalf("err = %v: vsock is optional (QEMU guests do without)", err)
+	}
+
+	// The same kernel with the drivers built in (their names as the kernel
+	// holds them) builds, and says what Firecracker would miss.
+	vmlinux := fakeELF(300000)
+	copy(vmlinux[1000:], "\x00virtio-mmio\x00virtio_net\x00virtio_console\x00")
+	kernel := filepath.Join(t.TempDir(), "vmlinux")
+	if err := os.WriteFile(kernel, vmlinux, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	in.opts.Kernel = kernel
+	var steps []string
+	in.opts.Progress = func(s string) { steps = append(steps, s) }
+	img, err := Build(context.Background(), in.opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(img.Modules) != 0 {
+		t.Fatalf("modules %v, want none", img.Modules)
+	}
+	if !slices.ContainsFunc(steps, func(s string) bool { return strings.Contains(s, "vmw_vsock_virtio_transport") }) {
+		t.Fatalf("no word on the missing vsock driver in %q", steps)
 	}
 }
