@@ -14,13 +14,31 @@ import (
 // TestRootfsBuild drives `nex rootfs build` with a supplied kernel. A static
 // Go program stands in for both the kernel (an ELF vmlinux goes in as it is)
 // and the agent; no modules directory means a kernel with its drivers built
-// in.
+// in, so the stand-in kernel carries their names as a kernel holds them.
 func TestRootfsBuild(t *testing.T) {
 	dir := t.TempDir()
 	bin := sandboxtest.BuildWorkload(t) // any static Go program
 	data := filepath.Join(dir, "data")
+
+	// Without the drivers the kernel is refused, naming them and the fix.
 	args := []string{"rootfs", "build", "--kernel", bin, "--agent", bin, "--data-dir", data}
 	var out, errb bytes.Buffer
+	if code := Main(context.Background(), args, &out, &errb); code == 0 ||
+		!strings.Contains(errb.String(), "virtio_net") || !strings.Contains(errb.String(), "nex rootfs kernel") {
+		t.Fatalf("kernel without drivers: exit %d, stderr %s", code, errb.String())
+	}
+
+	elf, err := os.ReadFile(bin)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kernel := filepath.Join(dir, "vmlinux")
+	if err := os.WriteFile(kernel, append(elf, "\x00virtio-mmio\x00virtio_net\x00virtio_console\x00"...), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	args[3] = kernel
+	out.Reset()
+	errb.Reset()
 	if code := Main(context.Background(), args, &out, &errb); code != 0 {
 		t.Fatalf("exit %d\nstdout %s\nstderr %s", code, out.String(), errb.String())
 	}
