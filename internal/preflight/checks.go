@@ -64,6 +64,9 @@ func (o Options) imageChecks() []Check {
 			if path == "" {
 				c.Info = "no guest image under " + o.ImageDir()
 			}
+			if c.OK && name == qemu.CheckKernel {
+				c.Info += kernelKind(path, accel.Detect().Accel)
+			}
 			return c
 		}}
 	}
@@ -72,6 +75,19 @@ func (o Options) imageChecks() []Check {
 		check(qemu.CheckInitrd, func(_, i string) string { return i }),
 		{Name: CheckGuestAgent, Fix: o.buildImage, Run: o.checkGuestAgent},
 	}
+}
+
+// kernelKind says how the kernel finds its devices, which decides whether
+// guests boot with ACPI; under emulation it points at the small kernel,
+// whose cold boots take ≈ 0.7× the time (docs/BENCHMARKS.md).
+func kernelKind(kernel string, a accel.Kind) string {
+	if ok, _ := guestimage.CmdlineDevices(kernel); ok {
+		return ": drivers built in, devices on the command line, no ACPI"
+	}
+	if a == accel.TCG {
+		return ": devices through ACPI; under emulation nex's small kernel boots faster (nex rootfs kernel)"
+	}
+	return ": devices through ACPI"
 }
 
 // checkGuestAgent warns when the newest image's /init is another build of

@@ -10,6 +10,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/nex-engine/nex/internal/accel"
 	"github.com/nex-engine/nex/internal/guestimage"
 	"github.com/nex-engine/nex/internal/sandbox"
 	"github.com/nex-engine/nex/internal/sandbox/qemu"
@@ -82,7 +83,7 @@ func TestImageChecks(t *testing.T) {
 
 	kernel, initrd := fakeImage(t, data, "aaaa")
 	r = Run(ctx, Checks(o))
-	if c := find(r, qemu.CheckKernel); !c.OK || !strings.Contains(c.Info, kernel) {
+	if c := find(r, qemu.CheckKernel); !c.OK || !strings.Contains(c.Info, kernel) || !strings.Contains(c.Info, "through ACPI") {
 		t.Fatalf("kernel check with an image = %+v", c)
 	}
 	if c := find(r, qemu.CheckInitrd); !c.OK || !strings.Contains(c.Info, initrd) {
@@ -94,6 +95,29 @@ func TestImageChecks(t *testing.T) {
 	r = Run(ctx, Checks(o))
 	if c := find(r, qemu.CheckKernel); c.OK || !strings.Contains(c.Fix, "kernel_filepath") {
 		t.Fatalf("kernel check of a missing configured file = %+v", c)
+	}
+}
+
+func TestKernelKind(t *testing.T) {
+	dir := t.TempDir()
+	small := filepath.Join(dir, "small")
+	debian := filepath.Join(dir, "debian")
+	os.WriteFile(small, []byte("\x7fELF\x00virtio_mmio.device\x00"), 0o644)
+	os.WriteFile(debian, []byte("\x7fELF\x00virtio_mmio.c\x00"), 0o644)
+	for _, tc := range []struct {
+		kernel string
+		a      accel.Kind
+		want   string
+		not    string
+	}{
+		{small, accel.TCG, "no ACPI", "nex rootfs kernel"},
+		{debian, accel.TCG, "nex rootfs kernel", "no ACPI"},
+		{debian, accel.KVM, "through ACPI", "nex rootfs kernel"},
+	} {
+		got := kernelKind(tc.kernel, tc.a)
+		if !strings.Contains(got, tc.want) || strings.Contains(got, tc.not) {
+			t.Errorf("kernelKind(%s, %s) = %q, want %q and not %q", filepath.Base(tc.kernel), tc.a, got, tc.want, tc.not)
+		}
 	}
 }
 
