@@ -49,3 +49,23 @@ func TestCmdlineDevices(t *testing.T) {
 		t.Fatal("a missing kernel gave no error")
 	}
 }
+
+// A kernel replaced in place is scanned again: the kept answer belongs to
+// the file as it was.
+func TestCmdlineDevicesFollowsTheFile(t *testing.T) {
+	k := filepath.Join(t.TempDir(), "vmlinux")
+	if err := os.WriteFile(k, []byte("\x7fELF...virtio_mmio.c\x00"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i < 2; i++ {
+		if ok, err := CmdlineDevices(k); err != nil || ok {
+			t.Fatalf("before: %v %v", ok, err)
+		}
+	}
+	if err := os.WriteFile(k, []byte("\x7fELF...virtio_mmio.device\x00..."), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if ok, err := CmdlineDevices(k); err != nil || !ok {
+		t.Fatalf("after the kernel changed: %v %v", ok, err)
+	}
+}
