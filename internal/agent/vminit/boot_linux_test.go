@@ -24,6 +24,7 @@ import (
 	"github.com/nex-engine/nex/internal/agentapi"
 	"github.com/nex-engine/nex/internal/guestimage"
 	"github.com/nex-engine/nex/internal/natsd"
+	"github.com/nex-engine/nex/internal/sandbox/qemu"
 	"github.com/nex-engine/nex/internal/sandbox/sandboxtest"
 )
 
@@ -127,7 +128,7 @@ type guest struct {
 }
 
 // boot starts QEMU with the image and waits for the agent's handshake.
-func boot(tb testing.TB, qemu string, img guestimage.Image, n node, id string, viaCmdline bool) *guest {
+func boot(tb testing.TB, qemuBin string, img guestimage.Image, n node, id string, viaCmdline bool) *guest {
 	tb.Helper()
 	seed, err := n.in.AddAgent(id)
 	if err != nil {
@@ -158,17 +159,13 @@ func boot(tb testing.TB, qemu string, img guestimage.Image, n node, id string, v
 	// internal/sandbox/qemu/args.go for why each is there).
 	cmdline := fmt.Sprintf("console=ttyS0 quiet panic=-1 reboot=t tsc_early_khz=%d cryptomgr.notests "+
 		"initcall_blacklist=init_kprobe_trace mitigations=off nokaslr noreplace-smp%s", hostTSCkHz(tb), debugArg())
-	// A kernel that finds its devices on the command line boots without
-	// ACPI, as the driver runs it; its power off is then a restart.
-	machine := "microvm"
-	if ok, _ := guestimage.CmdlineDevices(img.Kernel); ok {
-		machine += ",acpi=off"
-	}
 	args := []string{
 		// RDRAND lets the guest kernel's CRNG be ready at once: without it
 		// the first getrandom (crypto/rand, in nats.go's package init) waits
 		// ≈ 1 s under TCG for the kernel to gather jitter entropy.
-		"-M", machine, "-accel", "tcg", "-cpu", "qemu64,+rdrand", "-m", "128", "-smp", "1",
+		// A kernel that finds its devices on the command line boots without
+		// ACPI, as the driver runs it; its power off is then a restart.
+		"-M", qemu.MicrovmMachine(img.Kernel), "-accel", "tcg", "-cpu", "qemu64,+rdrand", "-m", "128", "-smp", "1",
 		"-nographic", "-nodefaults", "-no-user-config", "-serial", "stdio", "-no-reboot",
 		"-kernel", img.Kernel, "-initrd", img.Initrd,
 		"-netdev", fmt.Sprintf("user,id=n0,restrict=on,guestfwd=tcp:%s-cmd:%s %s 127.0.0.1:%s",
@@ -195,8 +192,8 @@ func boot(tb testing.TB, qemu string, img guestimage.Image, n node, id string, v
 			"-device", "virtserialport,chardev=c0,name="+agentapi.ConfigPortName,
 		)
 	}
-	g := &guest{id: id, exited: make(chan error, 1), cmdline: append([]string{qemu}, args...)}
-	g.cmd = exec.Command(qemu, args...)
+	g := &guest{id: id, exited: make(chan error, 1), cmdline: append([]string{qemuBin}, args...)}
+	g.cmd = exec.Command(qemuBin, args...)
 	// A test killed mid-boot must not leave its VM running.
 	g.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	console, err := g.cmd.StdoutPipe()

@@ -8,6 +8,7 @@ import (
 
 	"github.com/nex-engine/nex/internal/accel"
 	"github.com/nex-engine/nex/internal/agentapi"
+	"github.com/nex-engine/nex/internal/guestimage"
 )
 
 // Names of a sandbox's files inside its directory. QEMU runs with that
@@ -97,11 +98,23 @@ type machine struct {
 	NoACPI bool
 }
 
-func (m machine) args() []string {
-	mopt := "microvm"
-	if m.NoACPI {
-		mopt += ",acpi=off"
+// MicrovmMachine is -M's value for a guest booting kernel: QEMU's microvm,
+// without ACPI when the kernel finds its devices on the command line
+// (guestimage.CmdlineDevices), as the driver runs it.
+func MicrovmMachine(kernel string) string {
+	noACPI, _ := guestimage.CmdlineDevices(kernel)
+	return microvm(noACPI)
+}
+
+func microvm(noACPI bool) string {
+	if noACPI {
+		return "microvm,acpi=off"
 	}
+	return "microvm"
+}
+
+func (m machine) args() []string {
+	mopt := microvm(m.NoACPI)
 	if m.RAM != nil {
 		mopt += ",memory-backend=mem"
 	}

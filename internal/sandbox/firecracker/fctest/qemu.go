@@ -14,7 +14,6 @@ import (
 
 	"github.com/nex-engine/nex/internal/accel"
 	"github.com/nex-engine/nex/internal/agentapi"
-	"github.com/nex-engine/nex/internal/guestimage"
 	"github.com/nex-engine/nex/internal/pdeath"
 	"github.com/nex-engine/nex/internal/sandbox/qemu"
 )
@@ -103,16 +102,13 @@ func (q QEMU) Args(m Machine) ([]string, error) {
 	if err != nil {
 		return nil, err
 	}
-	// Firecracker gives the guest its virtio-mmio devices on the command
-	// line; a kernel that reads them there boots here the same way, without
-	// ACPI. Debian's kernels cannot (docs/FIRECRACKER.md) and get ACPI.
-	machine := "microvm"
-	if ok, _ := guestimage.CmdlineDevices(m.Kernel); ok {
-		machine += ",acpi=off"
-	}
 	a := []string{
 		"-name", "fctest",
-		"-M", machine,
+		// Firecracker gives the guest its virtio-mmio devices on the command
+		// line; a kernel that reads them there boots here the same way,
+		// without ACPI. Debian's kernels cannot (docs/FIRECRACKER.md) and
+		// get ACPI.
+		"-M", qemu.MicrovmMachine(m.Kernel),
 		"-m", strconv.Itoa(m.MemSizeMiB),
 		"-smp", strconv.Itoa(m.VCPUCount),
 		"-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
