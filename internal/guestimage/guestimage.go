@@ -138,8 +138,10 @@ func Build(ctx context.Context, o Options) (Image, error) {
 		}
 		modNames = append(modNames, m.File())
 	}
-	progress("modules: " + strings.Join(modNames, " "))
-	if unsigned {
+	if len(modNames) > 0 {
+		progress("modules: " + strings.Join(modNames, " "))
+	}
+	if unsigned && len(modNames) > 0 {
 		progress("modules: signatures dropped (the kernel does not require them; checking them is slow under emulation)")
 	}
 

@@ -130,11 +130,27 @@ func (n *Node) ID() string { return n.id }
 // InternalURL is the internal server's client URL (tests, diagnostics).
 func (n *Node) InternalURL() string { return n.internal.ClientURL() }
 
+// sandboxNoun is what the node's log lines call a sandbox: "VM" for the
+// isolating drivers, as in the seed's log ("Virtual machine manager
+// starting", "Adding new VM to warm pool"), and "sandbox" for the process
+// driver, which starts no machine.
+func (n *Node) sandboxNoun(manager bool) string {
+	switch {
+	case sandbox.IsUnsafe(n.o.Driver) && manager:
+		return "Sandbox"
+	case sandbox.IsUnsafe(n.o.Driver):
+		return "sandbox"
+	case manager:
+		return "Virtual machine"
+	}
+	return "VM"
+}
+
 // Start brings the node up in the seed's order and returns once it answers
 // on the control plane; the warm pool fills in the background.
 func (n *Node) Start() error {
 	n.started = time.Now()
-	n.log.Info("Sandbox manager starting", "driver", n.o.Driver.Name(), "pool_size", n.cfg.PoolSize())
+	n.log.Info(n.sandboxNoun(true)+" manager starting", "driver", n.o.Driver.Name(), "pool_size", n.cfg.PoolSize())
 	sandboxRoot := filepath.Join(n.cfg.StateDir, "sandboxes")
 	if killed, err := sandbox.Reap(sandboxRoot); err != nil {
 		n.log.Warn("could not clean up after a previous node", "dir", sandboxRoot, "error", err)

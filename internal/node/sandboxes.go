@@ -75,7 +75,8 @@ func (n *Node) newSandbox(ctx context.Context) (*sandboxHandle, error) {
 	h.mu.Lock()
 	h.sb = sb
 	h.mu.Unlock()
-	n.log.Info("Machine started", keyVMID, id, "driver", n.o.Driver.Name(), "pid", sb.PID())
+	n.log.Info("Machine started", append([]any{keyVMID, id, "driver", n.o.Driver.Name(), "pid", sb.PID()},
+		sandbox.LogAttrs(sb)...)...)
 
 	timeout := time.NewTimer(n.cfg.HandshakeTimeout.D())
 	defer timeout.Stop()
@@ -88,7 +89,7 @@ func (n *Node) newSandbox(ctx context.Context) (*sandboxHandle, error) {
 	case <-ctx.Done():
 		return fail(ctx.Err())
 	}
-	n.log.Info("Adding new sandbox to warm pool", keyVMID, id, "driver", n.o.Driver.Name())
+	n.log.Info("Adding new "+n.sandboxNoun(false)+" to warm pool", keyVMID, id, "driver", n.o.Driver.Name())
 	n.bg.Add(1)
 	go h.watch()
 	return h, nil

@@ -50,6 +50,20 @@ type Sandbox interface {
 	Err() error
 }
 
+// Attrs is implemented by sandboxes with more to tell in the node's one
+// "Machine started" line than their id and PID (a VM: its accelerator,
+// whether it was restored from a snapshot, where its console log is), as
+// slog key-value pairs.
+type Attrs interface{ LogAttrs() []any }
+
+// LogAttrs is sb's Attrs, or nothing.
+func LogAttrs(sb Sandbox) []any {
+	if a, ok := sb.(Attrs); ok {
+		return a.LogAttrs()
+	}
+	return nil
+}
+
 // Unsafe is implemented by drivers that give no isolation; nodes using them
 // tag themselves nex.unsafe=true.
 type Unsafe interface{ Unsafe() bool }

@@ -77,7 +77,7 @@ func TestQEMUNodeEchoFromVM(t *testing.T) {
 
 	n := e.startNode("--config", cfgPath)
 	deadline := time.Now().Add(5 * time.Minute)
-	for strings.Count(n.logText(), "Adding new sandbox to warm pool") < 2 {
+	for strings.Count(n.logText(), "Adding new VM to warm pool") < 2 {
 		if time.Now().After(deadline) {
 			t.Fatalf("the pool of 2 VMs did not fill:\n%s", n.logText())
 		}

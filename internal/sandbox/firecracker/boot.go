@@ -141,8 +141,15 @@ func listenVsock(ctx context.Context, v *vm) error { return v.listenVsock() }
 
 func instanceStart(ctx context.Context, v *vm) error { return v.api.Action(ctx, InstanceStart) }
 
+// logStarted is for debugging the boot steps; the node logs the started
+// machine once, with LogAttrs.
 func logStarted(ctx context.Context, v *vm) error {
-	v.log.Info("Machine started", logPID, v.PID(), "vcpus", v.size.VCPUCount, "mem_mib", v.size.MemSizeMiB,
-		logSocket, v.api.Socket(), logConsole, v.path(ConsoleFile))
+	v.log.Debug("Machine started", append([]any{logPID, v.PID()}, v.LogAttrs()...)...)
 	return nil
+}
+
+// LogAttrs implements sandbox.Attrs.
+func (v *vm) LogAttrs() []any {
+	return []any{"vcpus", v.size.VCPUCount, "mem_mib", v.size.MemSizeMiB,
+		logSocket, v.api.Socket(), logConsole, v.path(ConsoleFile)}
 }

@@ -3,6 +3,7 @@ package qemu
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"net"
 	"os"
 
@@ -115,8 +116,18 @@ func launch(ctx context.Context, v *vm) error { return v.launch() }
 
 func writePID(ctx context.Context, v *vm) error { return sandbox.WritePID(v.dir, v.PID()) }
 
+// logStarted logs a template's VM, which the node never sees; the node logs
+// every other VM once, with LogAttrs.
 func logStarted(ctx context.Context, v *vm) error {
-	v.log.Info("Machine started", logPID, v.PID(), logAccel, v.mach.Accel,
-		"snapshot_clone", v.clone != nil, logConsole, v.path(consoleFile))
+	level := slog.LevelDebug
+	if v.guestMeta == nil {
+		level = slog.LevelInfo
+	}
+	v.log.Log(ctx, level, "Machine started", append([]any{logPID, v.PID()}, v.LogAttrs()...)...)
 	return nil
+}
+
+// LogAttrs implements sandbox.Attrs.
+func (v *vm) LogAttrs() []any {
+	return []any{logAccel, v.mach.Accel, "snapshot_clone", v.clone != nil, logConsole, v.path(consoleFile)}
 }
