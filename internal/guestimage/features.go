@@ -93,7 +93,7 @@ func missingBuiltins(vmlinux []byte) (required, optional []string) {
 			continue
 		}
 		if m.optional {
-			optional = append(optional, m.name)
+			optional = append(optional, m.name+" ("+m.without+")")
 		} else {
 			required = append(required, m.name)
 		}

@@ -178,7 +178,7 @@ func Build(ctx context.Context, o Options) (Image, error) {
 				kf.Image, strings.Join(required, ", "))
 		}
 		if len(optional) > 0 {
-			progress("kernel: no built-in " + strings.Join(optional, ", ") + ": Firecracker sandboxes (vsock) will not reach the node")
+			progress("kernel: no built-in " + strings.Join(optional, "; "))
 		}
 	}
 	var initrd bytes.Buffer

@@ -28,24 +28,31 @@ type moduleWant struct {
 	name     string
 	optional bool
 	device   int
+	// without says what a guest lacking an optional module cannot do.
+	without string
 }
 
 // Virtio device ids (virtio spec, "Device Types").
 const (
 	VirtioNet     = 1
+	VirtioBlock   = 2
 	VirtioConsole = 3
 	VirtioVsock   = 19
 )
 
 // guestModules are what the agent needs from the kernel: the virtio-mmio
 // transport (microvm and Firecracker devices), the network and the
-// virtio-serial config channel, and vsock for Firecracker. The transport
+// virtio-serial config channel, vsock for Firecracker, and virtio-blk for
+// the stage disk of QEMU's file port (without it files come over the port). The transport
 // comes first: init can only see which devices exist once it is loaded.
 var guestModules = []moduleWant{
 	{name: "virtio_mmio"},
 	{name: "virtio_net", device: VirtioNet},
 	{name: "virtio_console", device: VirtioConsole},
-	{name: "vmw_vsock_virtio_transport", optional: true, device: VirtioVsock},
+	{name: "vmw_vsock_virtio_transport", optional: true, device: VirtioVsock,
+		without: "Firecracker sandboxes (vsock) will not reach the node"},
+	{name: "virtio_blk", optional: true, device: VirtioBlock,
+		without: "QEMU sandboxes get files through the file port's slower stream instead of the stage disk"},
 }
 
 // Module is one loadable kernel module of the guest.

@@ -22,6 +22,7 @@ import (
 const (
 	virtioConsoleID = guestimage.VirtioConsole
 	virtioNet       = guestimage.VirtioNet
+	virtioBlock     = guestimage.VirtioBlock
 )
 
 // pollEvery is how often the waits for devices poll.
@@ -78,19 +79,25 @@ func waitPort(ctx context.Context, sysfs, name string) (string, error) {
 // portDevice returns /dev/<port>, creating the node from sysfs's major:minor
 // when devtmpfs has not (yet) made it.
 func portDevice(sysfs, devDir, port string, mknod func(path string, major, minor uint32) error) (string, error) {
-	dev := filepath.Join(devDir, port)
+	return sysfsDevice(filepath.Join(sysfs, "class", "virtio-ports", port, "dev"), filepath.Join(devDir, port), mknod)
+}
+
+// sysfsDevice returns dev, first making it with mknod from the
+// "major:minor" in the sysfs file numbers when it does not exist.
+func sysfsDevice(numbers, dev string, mknod func(path string, major, minor uint32) error) (string, error) {
 	if _, err := os.Stat(dev); err == nil {
 		return dev, nil
 	}
-	b, err := os.ReadFile(filepath.Join(sysfs, "class", "virtio-ports", port, "dev"))
+	name := filepath.Base(dev)
+	b, err := os.ReadFile(numbers)
 	if err != nil {
-		return "", fmt.Errorf("device numbers of %s: %w", port, err)
+		return "", fmt.Errorf("device numbers of %s: %w", name, err)
 	}
 	maj, min, ok := strings.Cut(strings.TrimSpace(string(b)), ":")
 	ma, err1 := strconv.ParseUint(maj, 10, 32)
 	mi, err2 := strconv.ParseUint(min, 10, 32)
 	if !ok || err1 != nil || err2 != nil {
-		return "", fmt.Errorf("device numbers of %s: bad %q", port, b)
+		return "", fmt.Errorf("device numbers of %s: bad %q", name, b)
 	}
 	if err := mknod(dev, uint32(ma), uint32(mi)); err != nil {
 		return "", fmt.Errorf("mknod %s: %w", dev, err)

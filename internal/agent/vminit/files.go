@@ -27,6 +27,10 @@ type FileServer struct {
 	// space of dir's file system, bounded by the memory the guest has left
 	// (defaultRoom).
 	Room func(dir string) (int64, error)
+	// Disk opens the VM's stage disk (agentapi.StageDiskSerial) for a frame
+	// that names it, holding nothing the kernel cached of it before;
+	// release is called once the file is copied out. nil: the VM has none.
+	Disk func() (disk *os.File, release func(), err error)
 }
 
 // Bounds of the file server.
@@ -77,22 +81,28 @@ func (s *FileServer) Serve(ctx context.Context, port io.ReadWriter) error {
 		}
 		wait = pollEvery
 		t0 := time.Now()
-		path, err := s.receive(r, h, buf)
+		var reply agentapi.FileReply
+		if h.DiskSize > 0 {
+			reply, err = s.fromDisk(h)
+		} else {
+			reply.Path, err = s.receive(r, h, buf)
+		}
 		if errors.Is(err, errHostGone) {
 			s.Log.Warn("file port", "name", h.Name, keyError, err)
 			continue
 		}
-		reply := agentapi.FileReply{Path: path}
-		if err != nil {
+		size := max(h.Size, h.DiskSize)
+		switch {
+		case err != nil:
 			reply.Error = err.Error()
-			s.Log.Warn("file refused", "name", h.Name, "bytes", h.Size, keyError, err)
-		} else {
-			s.Log.Debug("file received", "path", path, "bytes", h.Size, keyTook, time.Since(t0))
+			s.Log.Warn("file refused", "name", h.Name, "bytes", size, keyError, err)
+		case reply.Path != "":
+			s.Log.Debug("file received", "path", reply.Path, "bytes", size, "disk", reply.Disk, keyTook, time.Since(t0))
 		}
 		if err := writeFileReply(port, reply); err != nil {
 			// The host is gone: nobody will take the file.
-			if path != "" {
-				os.Remove(path)
+			if reply.Path != "" {
+				os.Remove(reply.Path)
 			}
 			s.Log.Warn("file port: answer", keyError, err)
 		}
@@ -117,6 +127,9 @@ func readFileHeader(r *bufio.Reader) (agentapi.FileHeader, error) {
 	if h.Size < 0 || h.Size > agentapi.MaxStagedSize {
 		return h, fmt.Errorf("header: size %d is outside 0..%d", h.Size, agentapi.MaxStagedSize)
 	}
+	if h.DiskSize < 0 || h.DiskSize > agentapi.MaxStagedSize || (h.DiskSize > 0 && h.Size != 0) {
+		return h, fmt.Errorf("header: disk size %d with size %d: want 0..%d, and size 0", h.DiskSize, h.Size, agentapi.MaxStagedSize)
+	}
 	return h, nil
 }
 
@@ -140,22 +153,57 @@ func (s *FileServer) receive(r io.Reader, h agentapi.FileHeader, buf []byte) (st
 		return "", refuse
 	}
 	werr, rerr := copyFrame(f, r, h.Size, buf)
+	if rerr != nil {
+		f.Close()
+		os.Remove(part)
+		return "", errHostGone
+	}
+	return s.keep(f, h.Name, h.Size, werr)
+}
+
+// fromDisk copies a file of h.DiskSize bytes from the start of the stage
+// disk into Dir/h.Name. A guest without the disk answers NoDisk.
+func (s *FileServer) fromDisk(h agentapi.FileHeader) (agentapi.FileReply, error) {
+	if s.Disk == nil {
+		return agentapi.FileReply{NoDisk: true}, nil
+	}
+	if err := agentapi.CheckStagedName(h.Name); err != nil {
+		return agentapi.FileReply{}, err
+	}
+	if err := s.checkRoom(h.DiskSize); err != nil {
+		return agentapi.FileReply{}, err
+	}
+	disk, release, err := s.Disk()
+	if err != nil {
+		s.Log.Warn("stage disk unusable; asking for the bytes on the port", keyError, err)
+		return agentapi.FileReply{NoDisk: true}, nil
+	}
+	defer release()
+	f, err := os.OpenFile(filepath.Join(s.Dir, partPrefix+h.Name), os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o700)
+	if err != nil {
+		return agentapi.FileReply{}, err
+	}
+	path, err := s.keep(f, h.Name, h.DiskSize, copyFromDisk(f, disk, h.DiskSize))
+	return agentapi.FileReply{Path: path, Disk: path != ""}, err
+}
+
+// keep closes f, the part file of name, and after a good write of size
+// bytes (werr nil) gives it its name; otherwise it removes it.
+func (s *FileServer) keep(f *os.File, name string, size int64, werr error) (string, error) {
 	if cerr := f.Close(); werr == nil {
 		werr = cerr
 	}
-	if rerr != nil || werr != nil {
-		os.Remove(part)
-	}
+	part := f.Name()
 	switch {
-	case rerr != nil:
-		return "", errHostGone
 	case errors.Is(werr, syscall.ENOSPC):
+		os.Remove(part)
 		return "", fmt.Errorf("guest %s is full writing %s: give the sandbox more memory (machine_template.memsize_mib): %w",
-			s.Dir, mib(h.Size), werr)
+			s.Dir, mib(size), werr)
 	case werr != nil:
+		os.Remove(part)
 		return "", werr
 	}
-	path := filepath.Join(s.Dir, h.Name)
+	path := filepath.Join(s.Dir, name)
 	if err := os.Rename(part, path); err != nil {
 		os.Remove(part)
 		return "", err

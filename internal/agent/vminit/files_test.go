@@ -6,11 +6,13 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -33,10 +35,16 @@ type fileTestPort struct {
 // returns the other end.
 func startFileServer(t *testing.T, room func(string) (int64, error)) *fileTestPort {
 	t.Helper()
+	return startFileServerWith(t, &FileServer{Room: room})
+}
+
+// startFileServerWith runs s (given its Dir and Log here).
+func startFileServerWith(t *testing.T, s *FileServer) *fileTestPort {
+	t.Helper()
 	host, guest := unixPair(t)
 	p := &fileTestPort{host: host, reply: bufio.NewReader(host), dir: filepath.Join(t.TempDir(), "staged"), done: make(chan error, 1)}
 	ctx, cancel := context.WithCancel(context.Background())
-	s := &FileServer{Dir: p.dir, Log: testLog(t), Room: room}
+	s.Dir, s.Log = p.dir, testLog(t)
 	go func() { p.done <- s.Serve(ctx, guest) }()
 	t.Cleanup(func() {
 		cancel()
@@ -77,7 +85,12 @@ func (p *fileTestPort) send(t *testing.T, name string, size int64, body []byte) 
 
 func (p *fileTestPort) write(t *testing.T, name string, size int64, body []byte) {
 	t.Helper()
-	h, _ := json.Marshal(agentapi.FileHeader{Name: name, Size: size})
+	p.writeHeader(t, agentapi.FileHeader{Name: name, Size: size}, body)
+}
+
+func (p *fileTestPort) writeHeader(t *testing.T, fh agentapi.FileHeader, body []byte) {
+	t.Helper()
+	h, _ := json.Marshal(fh)
 	p.host.SetDeadline(time.Now().Add(30 * time.Second))
 	if _, err := p.host.Write(append(append(h, '\n'), body...)); err != nil {
 		t.Fatal(err)
@@ -230,6 +243,8 @@ func TestFileServerBadHeaders(t *testing.T) {
 		{"negative", `{"name":"x","size":-1}`, "outside 0.."},
 		{"not json", `hello`, "header"},
 		{"too long", `{"name":"` + strings.Repeat("x", agentapi.MaxFileHeader) + `","size":1}`, "longer than"},
+		{"disk and body", `{"name":"x","size":1,"disk_size":1}`, "size 0"},
+		{"disk oversize", fmt.Sprintf(`{"name":"x","size":0,"disk_size":%d}`, agentapi.MaxStagedSize+1), "disk size"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -309,5 +324,88 @@ func assertOnly(t *testing.T, dir string, names ...string) {
 	}
 	if fmt.Sprint(got) != fmt.Sprint(names) {
 		t.Fatalf("%s holds %v, want %v", dir, got, names)
+	}
+}
+
+// testDisk is a stage disk stand-in: a regular file holding data, then
+// bytes no file should get.
+type testDisk struct {
+	path             string
+	opened, released int
+}
+
+func newTestDisk(t *testing.T, data []byte) *testDisk {
+	t.Helper()
+	d := &testDisk{path: filepath.Join(t.TempDir(), "disk")}
+	if err := os.WriteFile(d.path, append(slices.Clone(data), randomBytes(t, 1<<20)...), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return d
+}
+
+func (d *testDisk) open() (*os.File, func(), error) {
+	f, err := os.Open(d.path)
+	if err != nil {
+		return nil, nil, err
+	}
+	d.opened++
+	return f, func() { d.released++; f.Close() }, nil
+}
+
+// A frame naming the stage disk gets the disk's first DiskSize bytes as the
+// file, and the disk is released after each copy; frames with bodies still
+// work next to it.
+func TestFileServerFromDisk(t *testing.T) {
+	data := randomBytes(t, 3<<20+5)
+	disk := newTestDisk(t, data)
+	p := startFileServerWith(t, &FileServer{Room: plenty, Disk: disk.open})
+	for round := range 2 {
+		p.writeHeader(t, agentapi.FileHeader{Name: "from-disk", DiskSize: int64(len(data))}, nil)
+		r := p.read(t)
+		if r.Error != "" || !r.Disk || r.NoDisk || r.Path != filepath.Join(p.dir, "from-disk") {
+			t.Fatalf("round %d: reply %+v, want the file from the disk", round, r)
+		}
+		if got, _ := os.ReadFile(r.Path); !bytes.Equal(got, data) {
+			t.Fatalf("round %d: file (%d bytes) is not the disk's first %d bytes", round, len(got), len(data))
+		}
+		if disk.opened != round+1 || disk.released != round+1 {
+			t.Fatalf("round %d: disk opened %d, released %d times", round, disk.opened, disk.released)
+		}
+	}
+	if r := p.send(t, "streamed", 4, []byte("body")); r.Error != "" || r.Disk {
+		t.Fatalf("streamed frame after disk frames: %+v", r)
+	}
+	// Refusals happen before the disk is touched, and leave no file.
+	p.writeHeader(t, agentapi.FileHeader{Name: "../x", DiskSize: 10}, nil)
+	if r := p.read(t); !strings.Contains(r.Error, "staged file name") || r.Disk {
+		t.Fatalf("bad name from disk: %+v", r)
+	}
+	// A disk shorter than the header says is an error, not a short file.
+	p.writeHeader(t, agentapi.FileHeader{Name: "too-long", DiskSize: int64(len(data)) + 2<<20}, nil)
+	if r := p.read(t); !strings.Contains(r.Error, "ended after") || r.Path != "" {
+		t.Fatalf("file longer than the disk: %+v", r)
+	}
+	if disk.opened != disk.released {
+		t.Fatalf("disk opened %d, released %d times", disk.opened, disk.released)
+	}
+	assertOnly(t, p.dir, "from-disk", "streamed")
+}
+
+// Without a stage disk, or with one that will not open, the guest asks for
+// the bytes (NoDisk) and keeps serving.
+func TestFileServerNoDisk(t *testing.T) {
+	broken := func() (*os.File, func(), error) { return nil, nil, errors.New("no such device") }
+	for name, s := range map[string]*FileServer{"none": {Room: plenty}, "broken": {Room: plenty, Disk: broken}} {
+		t.Run(name, func(t *testing.T) {
+			p := startFileServerWith(t, s)
+			p.writeHeader(t, agentapi.FileHeader{Name: "f", DiskSize: 100}, nil)
+			if r := p.read(t); !r.NoDisk || r.Error != "" || r.Path != "" {
+				t.Fatalf("reply %+v, want NoDisk", r)
+			}
+			if r := p.send(t, "f", 3, []byte("abc")); r.Error != "" {
+				t.Fatalf("the bytes after NoDisk: %+v", r)
+			}
+			assertOnly(t, p.dir, "f")
+		})
 	}
 }

@@ -20,6 +20,7 @@ const (
 	agentSock   = "agent.sock"
 	filesSock   = "files.sock"
 	qmpSock     = "qmp.sock"
+	stageDisk   = "stage.img"
 )
 
 // Guest kernel command line. Every option is there for boot time or
@@ -172,6 +173,14 @@ func (m machine) args() []string {
 		// The file port (files.go): the driver listens on files.sock too.
 		"-chardev", "socket,path="+filesSock+",server=off,id=c1",
 		"-device", "virtserialport,chardev=c1,name="+agentapi.FilePortName,
+		// The file port's stage disk (files.go): read-only to the guest,
+		// through the host's page cache (QEMU's default cache mode), so
+		// the guest reads what the driver wrote into the file before it
+		// sent the frame. 16 requests in flight are plenty for one
+		// reader; QEMU's default of 256 has the guest allocate (and a
+		// clone map) ≈ 3 MiB more for its requests.
+		"-drive", "if=none,id=stage,format=raw,readonly=on,file="+stageDisk,
+		"-device", "virtio-blk-device,drive=stage,queue-size=16,serial="+agentapi.StageDiskSerial,
 		"-qmp", "unix:"+qmpSock+",server=on,wait=off",
 	)
 	if m.Incoming {

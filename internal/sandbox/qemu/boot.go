@@ -7,6 +7,7 @@ import (
 	"net"
 	"os"
 
+	"github.com/nex-engine/nex/internal/agentapi"
 	"github.com/nex-engine/nex/internal/sandbox"
 	"github.com/nex-engine/nex/internal/sandbox/vmm"
 )
@@ -24,6 +25,7 @@ type (
 const (
 	stepPrepareDir    = "prepare dir"
 	stepListenConfig  = "listen config socket"
+	stepStageDisk     = "create stage disk"
 	stepListenFiles   = "listen file socket"
 	stepBuildArgs     = "build args"
 	stepLaunch        = "launch"
@@ -42,6 +44,7 @@ func coldBoot() steps {
 	return steps{
 		{Name: stepPrepareDir, Run: prepareDir},
 		{Name: stepListenConfig, Run: listenConfig},
+		{Name: stepStageDisk, Run: createStageDisk},
 		{Name: stepListenFiles, Run: listenFiles},
 		{Name: stepBuildArgs, Run: buildArgs},
 		{Name: stepLaunch, Run: launch},
@@ -95,6 +98,22 @@ func listenConfig(ctx context.Context, v *vm) error {
 	return nil
 }
 
+// createStageDisk makes the stage disk's backing file: sparse, so it takes
+// no space until a file is written into it, and as large as the largest
+// file the port takes. A template has one too (a clone must have the
+// devices its template had), which no file is ever written into.
+func createStageDisk(ctx context.Context, v *vm) error {
+	f, err := os.OpenFile(v.path(stageDisk), os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
+	if err != nil {
+		return err
+	}
+	err = f.Truncate(agentapi.MaxStagedSize)
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	return err
+}
+
 // listenFiles listens for the file port's connection, which QEMU dials as
 // it does the config socket's. A template listens too but never accepts:
 // it is saved before any file is sent.
@@ -103,7 +122,7 @@ func listenFiles(ctx context.Context, v *vm) error {
 	if err != nil {
 		return err
 	}
-	v.files = newFilePort(ln)
+	v.files = newFilePort(ln, v.path(stageDisk), v.log)
 	return nil
 }
 

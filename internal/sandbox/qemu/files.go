@@ -7,10 +7,13 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"os"
 	"sync"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/nex-engine/nex/internal/agentapi"
 	"github.com/nex-engine/nex/internal/sandbox"
@@ -42,6 +45,14 @@ type filePort struct {
 	ln *net.UnixListener
 	// timeout bounds one transfer of size bytes (stageTimeout).
 	timeout func(size int64) time.Duration
+	// disk is the backing file of the VM's stage disk ("" without one):
+	// a file is written there and the frame names it, instead of carrying
+	// its bytes (agentapi.FileHeader.DiskSize).
+	disk string
+	log  *slog.Logger
+	// noDisk: the guest cannot read the stage disk (a kernel without
+	// virtio_blk, or an older nex as /init), so frames carry the bytes.
+	noDisk bool
 
 	mu sync.Mutex // one frame at a time
 	r  *bufio.Reader
@@ -69,12 +80,16 @@ func (v *vm) Stage(ctx context.Context, src, name string) (string, error) {
 		return "", fmt.Errorf("stage into vm %s: %w", v.id, err)
 	}
 	took := time.Since(t0)
-	v.log.Debug("Artifact staged in the guest", "path", path, "bytes", n, logTook, took,
+	v.log.Debug("Artifact staged in the guest", "path", path, "bytes", n, "via", v.files.via(), logTook, took,
 		"mb_per_s", float64(n)/1e6/max(took.Seconds(), 1e-6))
 	return path, nil
 }
 
-func newFilePort(ln *net.UnixListener) *filePort { return &filePort{ln: ln, timeout: stageTimeout} }
+// newFilePort serves the port on ln, with the stage disk whose backing file
+// is disk ("": none).
+func newFilePort(ln *net.UnixListener, disk string, log *slog.Logger) *filePort {
+	return &filePort{ln: ln, timeout: stageTimeout, disk: disk, log: log}
+}
 
 // push sends one file and returns where the guest put it. It gives up at
 // the transfer's deadline or when ctx ends, whichever comes first.
@@ -117,7 +132,14 @@ func (p *filePort) push(ctx context.Context, src, name string) (string, int64, e
 	}
 	conn.SetDeadline(deadline)
 	stop := context.AfterFunc(ctx, func() { conn.SetDeadline(time.Unix(1, 0)) })
-	path, err := sendFile(conn, p.r, name, size, f)
+	var path string
+	sent := false
+	if p.disk != "" && !p.noDisk {
+		path, sent, err = p.viaDisk(conn, name, size, f)
+	}
+	if !sent && err == nil {
+		path, err = sendFile(conn, p.r, name, size, f)
+	}
 	if !stop() && err != nil {
 		err = fmt.Errorf("%w (%w)", ctx.Err(), err)
 	}
@@ -133,6 +155,71 @@ func (p *filePort) push(ctx context.Context, src, name string) (string, int64, e
 		return "", size, err
 	}
 	return path, size, nil
+}
+
+// via tells how files cross: "stage disk", or "port" once the guest has
+// said it cannot read the disk (or when there is none).
+func (p *filePort) via() string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.disk == "" || p.noDisk {
+		return "port"
+	}
+	return "stage disk"
+}
+
+// viaDisk writes src's size bytes at the start of the stage disk and sends
+// a frame that names them. sent is false, with no error, when the guest
+// cannot read the disk: the caller then sends the bytes in a frame.
+func (p *filePort) viaDisk(conn net.Conn, name string, size int64, src *os.File) (path string, sent bool, err error) {
+	if err := writeDisk(p.disk, src, size); err != nil {
+		// Nothing was sent: the bytes can still go over the port.
+		p.log.Warn("Stage disk unusable on the host; sending the file over the port", "disk", p.disk, "error", err)
+		_, err = src.Seek(0, io.SeekStart)
+		return "", false, err
+	}
+	// Whatever the answer, the guest has read what it will read; the
+	// bytes need not take the host's disk space until the next file.
+	defer punchHole(p.disk, size)
+	if _, err := src.Seek(0, io.SeekStart); err != nil {
+		return "", false, err
+	}
+	r, err := exchange(conn, p.r, agentapi.FileHeader{Name: name, DiskSize: size}, nil)
+	switch {
+	case err != nil:
+		return "", false, err
+	case r.Error != "":
+		return "", false, &refusedError{r.Error}
+	case r.NoDisk:
+		p.noDisk = true
+		return "", false, nil
+	case !r.Disk:
+		// An /init from before the stage disk took a frame of 0 bytes and
+		// made an empty file; the frame with the bytes replaces it.
+		p.noDisk = true
+		return "", false, nil
+	case r.Path == "":
+		return "", false, errors.New("guest's answer has neither a path nor an error")
+	}
+	return r.Path, true, nil
+}
+
+// writeDisk copies size bytes of src to the start of the stage disk's
+// file. QEMU reads the file through the host's page cache, so the guest
+// reads these bytes once it is told to.
+func writeDisk(disk string, src io.Reader, size int64) error {
+	d, err := os.OpenFile(disk, os.O_WRONLY, 0)
+	if err != nil {
+		return err
+	}
+	n, err := io.Copy(d, io.LimitReader(src, size))
+	if cerr := d.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil && n < size {
+		err = fmt.Errorf("source ended after %d of %d bytes", n, size)
+	}
+	return err
 }
 
 // connect takes QEMU's connection the first time (it waits in the
@@ -184,27 +271,9 @@ func (e *refusedError) Error() string { return "guest refused the file: " + e.ms
 // sendFile writes one frame (header line, then size bytes of body) and
 // reads the guest's answer.
 func sendFile(w io.Writer, replies *bufio.Reader, name string, size int64, body io.Reader) (string, error) {
-	h, err := json.Marshal(agentapi.FileHeader{Name: name, Size: size})
+	r, err := exchange(w, replies, agentapi.FileHeader{Name: name, Size: size}, body)
 	if err != nil {
 		return "", err
-	}
-	if _, err := w.Write(append(h, '\n')); err != nil {
-		return "", fmt.Errorf("write header: %w", err)
-	}
-	n, err := io.CopyBuffer(w, io.LimitReader(body, size), make([]byte, 256<<10))
-	if err == nil && n < size {
-		err = fmt.Errorf("source ended after %d of %d bytes", n, size)
-	}
-	if err != nil {
-		return "", fmt.Errorf("write body: %w", err)
-	}
-	line, err := replies.ReadSlice('\n')
-	if err != nil {
-		return "", fmt.Errorf("read the guest's answer: %w", err)
-	}
-	var r agentapi.FileReply
-	if err := json.Unmarshal(line, &r); err != nil {
-		return "", fmt.Errorf("guest's answer %q: %w", line, err)
 	}
 	if r.Error != "" {
 		return "", &refusedError{r.Error}
@@ -213,4 +282,44 @@ func sendFile(w io.Writer, replies *bufio.Reader, name string, size int64, body 
 		return "", errors.New("guest's answer has neither a path nor an error")
 	}
 	return r.Path, nil
+}
+
+// exchange writes one frame, h then h.Size bytes of body, and reads the
+// guest's answer.
+func exchange(w io.Writer, replies *bufio.Reader, h agentapi.FileHeader, body io.Reader) (agentapi.FileReply, error) {
+	var r agentapi.FileReply
+	line, err := json.Marshal(h)
+	if err != nil {
+		return r, err
+	}
+	if _, err := w.Write(append(line, '\n')); err != nil {
+		return r, fmt.Errorf("write header: %w", err)
+	}
+	if h.Size > 0 {
+		n, err := io.CopyBuffer(w, io.LimitReader(body, h.Size), make([]byte, 256<<10))
+		if err == nil && n < h.Size {
+			err = fmt.Errorf("source ended after %d of %d bytes", n, h.Size)
+		}
+		if err != nil {
+			return r, fmt.Errorf("write body: %w", err)
+		}
+	}
+	if line, err = replies.ReadSlice('\n'); err != nil {
+		return r, fmt.Errorf("read the guest's answer: %w", err)
+	}
+	if err := json.Unmarshal(line, &r); err != nil {
+		return r, fmt.Errorf("guest's answer %q: %w", line, err)
+	}
+	return r, nil
+}
+
+// punchHole gives the host back the disk space of the first size bytes of
+// the stage disk's file; the file keeps its size. Failing costs only space.
+func punchHole(disk string, size int64) {
+	f, err := os.OpenFile(disk, os.O_WRONLY, 0)
+	if err != nil {
+		return
+	}
+	defer f.Close()
+	_ = unix.Fallocate(int(f.Fd()), unix.FALLOC_FL_PUNCH_HOLE|unix.FALLOC_FL_KEEP_SIZE, 0, size)
 }

@@ -5,8 +5,10 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"path/filepath"
@@ -14,6 +16,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/nex-engine/nex/internal/agent/vminit"
 	"github.com/nex-engine/nex/internal/agentapi"
@@ -28,19 +32,44 @@ type fileTest struct {
 	port   *filePort
 	staged string
 	room   func(string) (int64, error)
+	// guestDisk: the guest reads the stage disk (the port's disk file,
+	// opened as a regular file).
+	guestDisk bool
 }
 
 func newFileTest(t *testing.T, room func(string) (int64, error)) *fileTest {
+	t.Helper()
+	return newFileTestDisk(t, room, false, false)
+}
+
+// newFileTestDisk is newFileTest with a stage disk on the host (hostDisk)
+// and in the guest (guestDisk).
+func newFileTestDisk(t *testing.T, room func(string) (int64, error), hostDisk, guestDisk bool) *fileTest {
 	t.Helper()
 	dir := t.TempDir()
 	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: filepath.Join(dir, filesSock), Net: "unix"})
 	if err != nil {
 		t.Fatal(err)
 	}
-	ft := &fileTest{port: newFilePort(ln), staged: filepath.Join(dir, "staged"), room: room}
+	disk := ""
+	if hostDisk {
+		disk = filepath.Join(dir, stageDisk)
+		if err := createStageDisk(context.Background(), &vm{dir: dir}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ft := &fileTest{port: newFilePort(ln, disk, sandboxtest.Log(t)), staged: filepath.Join(dir, "staged"), room: room,
+		guestDisk: guestDisk}
 	t.Cleanup(ft.port.close)
 	return ft
 }
+
+// fileModes are the ways a file crosses the port: in the frame, or through
+// the stage disk.
+var fileModes = []struct {
+	name string
+	disk bool
+}{{"port", false}, {"disk", true}}
 
 // guest plays QEMU and the guest: it dials the port and serves frames.
 func (ft *fileTest) guest(t *testing.T) {
@@ -52,6 +81,15 @@ func (ft *fileTest) guest(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	s := &vminit.FileServer{Dir: ft.staged, Log: sandboxtest.Log(t), Room: ft.room}
+	if ft.guestDisk {
+		s.Disk = func() (*os.File, func(), error) {
+			f, err := os.Open(ft.port.disk)
+			if err != nil {
+				return nil, nil, err
+			}
+			return f, func() { f.Close() }, nil
+		}
+	}
 	go func() { defer close(done); _ = s.Serve(ctx, conn) }()
 	t.Cleanup(func() { cancel(); conn.Close(); <-done })
 }
@@ -72,7 +110,13 @@ func artifact(t *testing.T, size int) (string, []byte) {
 func plentyOfRoom(string) (int64, error) { return 1 << 30, nil }
 
 func TestFilePortStagesIntoGuestServer(t *testing.T) {
-	ft := newFileTest(t, plentyOfRoom)
+	for _, mode := range fileModes {
+		t.Run(mode.name, func(t *testing.T) { testFilePortStages(t, mode.disk) })
+	}
+}
+
+func testFilePortStages(t *testing.T, disk bool) {
+	ft := newFileTestDisk(t, plentyOfRoom, disk, disk)
 	ft.guest(t)
 	// Concurrent pushes to one port are serialized; each file arrives whole.
 	var wg sync.WaitGroup
@@ -101,10 +145,90 @@ func TestFilePortStagesIntoGuestServer(t *testing.T) {
 	if err := errors.Join(errs...); err != nil {
 		t.Fatal(err)
 	}
+	if ft.port.noDisk {
+		t.Fatal("the port stopped using the stage disk")
+	}
+	if disk {
+		// The disk's file gave its space back once the guest had the files.
+		var st unix.Stat_t
+		if err := unix.Stat(ft.port.disk, &st); err != nil {
+			t.Fatal(err)
+		}
+		if st.Size != agentapi.MaxStagedSize || st.Blocks*512 > 1<<20 {
+			t.Fatalf("stage disk: size %d, %d bytes allocated; want %d and no data left", st.Size, st.Blocks*512, agentapi.MaxStagedSize)
+		}
+	}
+}
+
+// A guest without the stage disk, and one from before it (which takes a
+// frame naming the disk as an empty file), get the bytes in a frame, and
+// the port stops naming the disk.
+func TestFilePortDiskFallback(t *testing.T) {
+	t.Run("no disk in the guest", func(t *testing.T) {
+		ft := newFileTestDisk(t, plentyOfRoom, true, false)
+		ft.guest(t)
+		for i := range 2 {
+			src, want := artifact(t, 300000)
+			path, _, err := ft.port.push(context.Background(), src, "f")
+			if err != nil {
+				t.Fatalf("push %d: %v", i, err)
+			}
+			if got, _ := os.ReadFile(path); !bytes.Equal(got, want) {
+				t.Fatalf("push %d: file differs", i)
+			}
+			if !ft.port.noDisk {
+				t.Fatal("the port still names the disk after NoDisk")
+			}
+		}
+	})
+	t.Run("guest from before the disk", func(t *testing.T) {
+		ft := newFileTestDisk(t, plentyOfRoom, true, false)
+		conn, err := net.Dial("unix", ft.port.ln.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer conn.Close()
+		got := make(chan []agentapi.FileHeader, 1)
+		go func() { got <- oldGuest(conn, 2) }()
+		src, _ := artifact(t, 5000)
+		if _, _, err := ft.port.push(context.Background(), src, "f"); err != nil {
+			t.Fatal(err)
+		}
+		if h := <-got; len(h) != 2 || h[0].DiskSize != 5000 || h[0].Size != 0 || h[1].Size != 5000 || h[1].DiskSize != 0 {
+			t.Fatalf("frames %+v: want one naming the disk, then one with the bytes", h)
+		}
+	})
+}
+
+// oldGuest answers n frames as an /init from before the stage disk did: it
+// knows only Name and Size.
+func oldGuest(conn net.Conn, n int) []agentapi.FileHeader {
+	var hs []agentapi.FileHeader
+	r := bufio.NewReader(conn)
+	for range n {
+		line, err := r.ReadBytes('\n')
+		if err != nil {
+			return hs
+		}
+		var h agentapi.FileHeader
+		_ = json.Unmarshal(line, &h)
+		hs = append(hs, h)
+		if _, err := io.CopyN(io.Discard, r, h.Size); err != nil {
+			return hs
+		}
+		fmt.Fprintf(conn, "{\"path\":\"/tmp/staged/%s\"}\n", h.Name)
+	}
+	return hs
 }
 
 func TestFilePortGuestRefusal(t *testing.T) {
-	ft := newFileTest(t, func(string) (int64, error) { return 1 << 20, nil })
+	for _, mode := range fileModes {
+		t.Run(mode.name, func(t *testing.T) { testFilePortGuestRefusal(t, mode.disk) })
+	}
+}
+
+func testFilePortGuestRefusal(t *testing.T, disk bool) {
+	ft := newFileTestDisk(t, func(string) (int64, error) { return 1 << 20, nil }, disk, disk)
 	ft.guest(t)
 	src, _ := artifact(t, 2<<20)
 	_, _, err := ft.port.push(context.Background(), src, "big")

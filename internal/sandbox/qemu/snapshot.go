@@ -211,6 +211,11 @@ func (d *Driver) buildTemplate(ctx context.Context, s Shape, t *template) error 
 		v.abort()
 		return err
 	}
+	// Each clone has a stage disk of its own; the template's, never
+	// written, need not be kept.
+	if err := os.Remove(v.path(stageDisk)); err != nil {
+		return err
+	}
 	if err := os.WriteFile(filepath.Join(tmp, genFile), []byte(t.gen+"\n"), 0o600); err != nil {
 		return err
 	}

@@ -194,8 +194,8 @@ func procMemKiB(b *testing.B, pid int) (rss, pss int) {
 
 // BenchmarkDeployEcho splits a deploy into a warm VM (a snapshot clone that
 // has handshaken) into its parts, with the artifact (the suite's 9 MB Go
-// echo workload) streamed over NATS by the agent or staged over the file
-// port first:
+// echo workload) streamed over NATS by the agent (stream), or staged first
+// through the stage disk (stage) or in the file port's frames (stage-port):
 //
 //   - ms/stage: Stage, host → guest tmpfs (0 when streaming);
 //   - ms/deploy: the deploy request until the agent's answer, which comes
@@ -208,7 +208,7 @@ func procMemKiB(b *testing.B, pid int) (rss, pss int) {
 //
 // Each is the median of b.N deploys, each into a fresh clone.
 func BenchmarkDeployEcho(b *testing.B) {
-	for _, mode := range []string{"stream", "stage"} {
+	for _, mode := range []string{"stream", "stage", "stage-port"} {
 		b.Run(mode, func(b *testing.B) {
 			d := benchDriver(b, true)
 			h := sandboxtest.NewHarness(b)
@@ -221,7 +221,7 @@ func BenchmarkDeployEcho(b *testing.B) {
 			hash := hex.EncodeToString(sum[:])
 			var stage, deploy, first, total []time.Duration
 			for range b.N {
-				s, dp, f := deployEchoOnce(b, d, h, wlPath, wl, hash, mode == "stage")
+				s, dp, f := deployEchoOnce(b, d, h, wlPath, wl, hash, mode)
 				stage, deploy, first, total = append(stage, s), append(deploy, dp), append(first, f), append(total, s+dp+f)
 			}
 			for _, m := range []struct {
@@ -235,7 +235,7 @@ func BenchmarkDeployEcho(b *testing.B) {
 	}
 }
 
-func deployEchoOnce(b *testing.B, d *Driver, h *sandboxtest.Harness, wlPath string, wl []byte, hash string, stage bool) (time.Duration, time.Duration, time.Duration) {
+func deployEchoOnce(b *testing.B, d *Driver, h *sandboxtest.Harness, wlPath string, wl []byte, hash, mode string) (time.Duration, time.Duration, time.Duration) {
 	ctx, cancel := context.WithTimeout(context.Background(), vmTimeout)
 	defer cancel()
 	vms, _, _ := bootToHandshake(b, d, h, 1)
@@ -256,6 +256,8 @@ func deployEchoOnce(b *testing.B, d *Driver, h *sandboxtest.Harness, wlPath stri
 		Argv: []string{"echo", subject}, Hash: hash, Size: int64(len(wl)), NATSUser: user, NATSPassword: pass}
 	artifact := wl
 
+	stage := mode != "stream"
+	sb.(*vm).files.noDisk = mode == "stage-port"
 	t0 := time.Now()
 	if stage {
 		if dep.StagedPath, err = sb.(sandbox.Stager).Stage(context.Background(), wlPath, hash); err != nil {
@@ -288,7 +290,16 @@ func median(d []time.Duration) time.Duration {
 // BenchmarkStage pushes the suite's 9 MB workload into one warm clone over
 // the file port, b.N times under one name (each replaces the last, so guest
 // RAM holds one copy): the median ms per file and MB/s.
+//
+// Sub-benchmarks: disk, the file through the stage disk; port, its bytes in
+// the port's frames (as for a guest without virtio_blk).
 func BenchmarkStage(b *testing.B) {
+	for _, mode := range fileModes {
+		b.Run(mode.name, func(b *testing.B) { benchStage(b, mode.disk) })
+	}
+}
+
+func benchStage(b *testing.B, disk bool) {
 	d := benchDriver(b, true)
 	h := sandboxtest.NewHarness(b)
 	wl := sandboxtest.BuildWorkload(b)
@@ -298,6 +309,7 @@ func BenchmarkStage(b *testing.B) {
 	}
 	vms, _, _ := bootToHandshake(b, d, h, 1)
 	defer stopAll(vms)
+	vms[0].sb.(*vm).files.noDisk = !disk
 	var took []time.Duration
 	b.ResetTimer()
 	for range b.N {

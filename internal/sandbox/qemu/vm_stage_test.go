@@ -55,6 +55,11 @@ func testStage(t *testing.T, d *Driver) {
 	if want := agentapi.StagedDir + "/data"; dataPath != want {
 		t.Fatalf("staged data at %q, want %q", dataPath, want)
 	}
+	// Both test kernels (Debian's, with virtio_blk as a module, and nex's
+	// own, with it built in) read the stage disk.
+	if via := sb.(*vm).files.via(); via != "stage disk" {
+		t.Fatalf("the file crossed by %s, want the stage disk", via)
+	}
 
 	probePath := netprobe(t)
 	probe, err := os.ReadFile(probePath)
