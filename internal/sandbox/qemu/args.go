@@ -2,7 +2,6 @@ package qemu
 
 import (
 	"fmt"
-	"net"
 	"strconv"
 	"strings"
 
@@ -21,6 +20,7 @@ const (
 	filesSock   = "files.sock"
 	qmpSock     = "qmp.sock"
 	stageDisk   = "stage.img"
+	fwdSock     = "fwd.sock"
 )
 
 // Guest kernel command line. Every option is there for boot time or
@@ -82,12 +82,9 @@ type machine struct {
 	// TBSizeMiB bounds TCG's translation cache; 0: QEMU's default.
 	TBSizeMiB int
 	TSCkHz    int // 0: unknown, left out
-	// NATSHost:NATSPort is the node's internal NATS as the host reaches it;
-	// the guest reaches it at agentapi.GuestNATSAddr.
-	NATSHost string
-	NATSPort int
 	// Forwarder is the host command QEMU runs for each guest connection to
-	// the node's NATS (host:port appended); see forward.go.
+	// the node's NATS at agentapi.GuestNATSAddr ("pass:fwd.sock"
+	// appended: it hands the connection to the driver); see forward.go.
 	Forwarder []string
 	RAM       *ramFile
 	// Incoming makes QEMU wait for QMP migrate-incoming (snapshot clones).
@@ -164,7 +161,7 @@ func (m machine) args() []string {
 		// restrict=on: the guest reaches nothing but the one forward to the
 		// node's internal NATS.
 		"-netdev", "user,id=n0,restrict=on,"+
-			GuestForward(agentapi.GuestNATSAddr, m.Forwarder, net.JoinHostPort(m.NATSHost, strconv.Itoa(m.NATSPort))),
+			GuestForward(agentapi.GuestNATSAddr, m.Forwarder, PassPrefix+fwdSock),
 		"-device", "virtio-net-device,netdev=n0",
 		// The config channel: the driver listens on agent.sock, QEMU dials it.
 		"-device", "virtio-serial-device",

@@ -23,19 +23,20 @@ type (
 
 // Step names.
 const (
-	stepPrepareDir    = "prepare dir"
-	stepListenConfig  = "listen config socket"
-	stepStageDisk     = "create stage disk"
-	stepListenFiles   = "listen file socket"
-	stepBuildArgs     = "build args"
-	stepLaunch        = "launch"
-	stepWritePID      = "write pid"
-	stepRestore       = "restore snapshot"
-	stepServeConfig   = "serve config channel"
-	stepAwaitReady    = "await guest ready"
-	stepSaveSnapshot  = "save snapshot"
-	stepQuit          = "quit"
-	stepRunningLogged = "log machine started"
+	stepPrepareDir     = "prepare dir"
+	stepListenConfig   = "listen config socket"
+	stepStageDisk      = "create stage disk"
+	stepListenFiles    = "listen file socket"
+	stepListenForwards = "listen forward socket"
+	stepBuildArgs      = "build args"
+	stepLaunch         = "launch"
+	stepWritePID       = "write pid"
+	stepRestore        = "restore snapshot"
+	stepServeConfig    = "serve config channel"
+	stepAwaitReady     = "await guest ready"
+	stepSaveSnapshot   = "save snapshot"
+	stepQuit           = "quit"
+	stepRunningLogged  = "log machine started"
 )
 
 // coldBoot boots the guest from its kernel; the guest says it is ready on the
@@ -46,6 +47,7 @@ func coldBoot() steps {
 		{Name: stepListenConfig, Run: listenConfig},
 		{Name: stepStageDisk, Run: createStageDisk},
 		{Name: stepListenFiles, Run: listenFiles},
+		{Name: stepListenForwards, Run: listenForwards},
 		{Name: stepBuildArgs, Run: buildArgs},
 		{Name: stepLaunch, Run: launch},
 		{Name: stepWritePID, Run: writePID},
@@ -95,6 +97,18 @@ func listenConfig(ctx context.Context, v *vm) error {
 		return err
 	}
 	v.ln = ln
+	return nil
+}
+
+// listenForwards serves the guest's NATS connections, which QEMU's forward
+// command passes on fwd.sock (forward.go).
+func listenForwards(ctx context.Context, v *vm) error {
+	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: v.path(fwdSock), Net: "unix"})
+	if err != nil {
+		return err
+	}
+	v.fwd = ln
+	go serveForwards(ln, v.upstream, v.log)
 	return nil
 }
 

@@ -208,7 +208,7 @@ func (d *Driver) Start(ctx context.Context, spec sandbox.Spec) (sandbox.Sandbox,
 
 	shape := d.shapeOf(spec)
 	v := d.newVM(spec.ID, spec.Dir, shape)
-	v.mach.NATSHost, v.mach.NATSPort = host, port
+	v.upstream = net.JoinHostPort(host, strconv.Itoa(port))
 	v.guestMeta = &guest
 	ctx, cancel := context.WithTimeout(ctx, d.cfg.BootTimeout)
 	defer cancel()

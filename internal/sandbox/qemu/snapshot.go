@@ -9,9 +9,11 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -205,7 +207,7 @@ func (d *Driver) buildTemplate(ctx context.Context, s Shape, t *template) error 
 	defer os.RemoveAll(tmp)
 	t0 := time.Now()
 	v := d.newVM("template-"+filepath.Base(t.dir)[:8], tmp, s)
-	v.mach.NATSHost, v.mach.NATSPort = "127.0.0.1", templatePort
+	v.upstream = net.JoinHostPort("127.0.0.1", strconv.Itoa(templatePort))
 	v.mach.RAM = &ramFile{Path: filepath.Join(tmp, ramImage), Shared: true}
 	if err := templateBoot().Run(ctx, v, v.log); err != nil {
 		v.abort()

@@ -39,6 +39,10 @@ type vm struct {
 	guestMeta *agentapi.Metadata
 
 	ln *net.UnixListener
+	// fwd takes the guest's NATS connections from the forward commands;
+	// upstream is the node's NATS (host:port) they are spliced to.
+	fwd      *net.UnixListener
+	upstream string
 	// files is the host end of the file port (Stage).
 	files *filePort
 	// configured is closed once the guest has its config (benchmarks
@@ -114,11 +118,15 @@ func (v *vm) launch() error {
 	return err
 }
 
-// closeChannels closes the host ends of the config and file ports: their
-// accepts and reads end here.
+// closeChannels closes the host ends of the config and file ports, and the
+// forward server: their accepts and reads end here. The guest's spliced
+// NATS connections end as QEMU's ends of them close.
 func (v *vm) closeChannels() {
 	if v.ln != nil {
 		v.ln.Close()
+	}
+	if v.fwd != nil {
+		v.fwd.Close()
 	}
 	if c := v.conn.Load(); c != nil {
 		(*c).Close()
@@ -174,7 +182,7 @@ func (v *vm) Stop(ctx context.Context) error {
 // removeStale deletes sockets a previous run may have left in the directory;
 // a stale agent.sock or files.sock would make listen fail.
 func (v *vm) removeStale() error {
-	for _, name := range []string{agentSock, filesSock, qmpSock} {
+	for _, name := range []string{agentSock, filesSock, fwdSock, qmpSock} {
 		if err := os.Remove(v.path(name)); err != nil && !errors.Is(err, os.ErrNotExist) {
 			return err
 		}

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
@@ -138,9 +139,11 @@ func BenchmarkColdBootTwoAtOnce(b *testing.B) { benchBoot(b, false, 2) }
 // BenchmarkCloneRestoreTwoAtOnce: two clones at the same time.
 func BenchmarkCloneRestoreTwoAtOnce(b *testing.B) { benchBoot(b, true, 2) }
 
-// BenchmarkIdleMemory reports the host memory of idle VMs' QEMU processes,
-// two at a time so the sharing of clones shows: RSS counts the template's
-// RAM file pages in every clone, PSS divides them among the clones.
+// BenchmarkIdleMemory reports the host memory of idle VMs, two at a time so
+// the sharing of clones shows: RSS counts the template's RAM file pages in
+// every clone, PSS divides them among the clones. A VM's figure is its QEMU
+// process and any other host process it holds (helpers/vm: a guest
+// forward command that stays for its connection's life).
 func BenchmarkIdleMemory(b *testing.B) {
 	for _, mode := range []struct {
 		name     string
@@ -149,7 +152,7 @@ func BenchmarkIdleMemory(b *testing.B) {
 		b.Run(mode.name, func(b *testing.B) {
 			d := benchDriver(b, mode.snapshot)
 			h := sandboxtest.NewHarness(b)
-			var rss, pss float64
+			var rss, pss, helpers float64
 			for range b.N {
 				vms, _, _ := bootToHandshake(b, d, h, 2)
 				// Idle: let the agents settle after their handshake.
@@ -158,13 +161,38 @@ func BenchmarkIdleMemory(b *testing.B) {
 					r, p := procMemKiB(b, v.sb.PID())
 					rss += float64(r) / 1024
 					pss += float64(p) / 1024
+					for _, pid := range helperPIDs(v.sb.(*vm)) {
+						r, p := procMemKiB(b, pid)
+						rss += float64(r) / 1024
+						pss += float64(p) / 1024
+						helpers++
+					}
 				}
 				stopAll(vms)
 			}
 			b.ReportMetric(rss/float64(2*b.N), "MiB-RSS/vm")
 			b.ReportMetric(pss/float64(2*b.N), "MiB-PSS/vm")
+			b.ReportMetric(helpers/float64(2*b.N), "helpers/vm")
 		})
 	}
+}
+
+// helperPIDs are the host processes other than QEMU that a VM holds: the
+// ones running in its directory, QEMU's working directory, which the
+// commands QEMU starts (its guest forwards) inherit.
+func helperPIDs(v *vm) []int {
+	var pids []int
+	procs, _ := filepath.Glob("/proc/[0-9]*")
+	for _, p := range procs {
+		pid, err := strconv.Atoi(filepath.Base(p))
+		if err != nil || pid == v.PID() {
+			continue
+		}
+		if cwd, err := os.Readlink(p + "/cwd"); err == nil && cwd == v.dir {
+			pids = append(pids, pid)
+		}
+	}
+	return pids
 }
 
 // procMemKiB reads a process's RSS and PSS in KiB.
