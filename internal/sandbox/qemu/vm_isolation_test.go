@@ -220,6 +220,16 @@ func TestClonesGetOwnIdentity(t *testing.T) {
 				ag.ID, hs.StartedAt.Format(time.RFC3339Nano), started.Format(time.RFC3339Nano))
 		}
 	}
+	// The harness answered each handshake on its own subscription; this
+	// one's copy of the message may be dispatched a moment later.
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		mu.Lock()
+		seen := len(replyTo)
+		mu.Unlock()
+		if seen == len(agents) || time.Now().After(deadline) {
+			break
+		}
+	}
 	mu.Lock()
 	if a, b := replyTo["clonea"], replyTo["cloneb"]; a == b ||
 		!strings.HasPrefix(a, agentapi.InboxPrefix("clonea")+".") || !strings.HasPrefix(b, agentapi.InboxPrefix("cloneb")+".") {
