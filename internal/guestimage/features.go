@@ -3,6 +3,7 @@ package guestimage
 import (
 	"bufio"
 	"bytes"
+	"cmp"
 	"fmt"
 	"io"
 	"os"
@@ -81,14 +82,11 @@ func containsStream(r io.Reader, needle []byte) (bool, error) {
 // missingBuiltins lists the guest's drivers (guestModules) that the kernel
 // image vmlinux does not have built in, the ones a guest cannot do without
 // apart from the optional ones. A driver built into a kernel names itself
-// there as a NUL-terminated string (virtio-mmio's platform driver with a
-// dash); a kernel that has it as a module does not hold that string.
+// there as a NUL-terminated string (moduleWant.builtin, or the module's
+// name); a kernel that has it as a module does not hold that string.
 func missingBuiltins(vmlinux []byte) (required, optional []string) {
 	for _, m := range guestModules {
-		name := m.name
-		if name == "virtio_mmio" {
-			name = "virtio-mmio"
-		}
+		name := cmp.Or(m.builtin, m.name)
 		if bytes.Contains(vmlinux, []byte("\x00"+name+"\x00")) {
 			continue
 		}

@@ -30,6 +30,9 @@ type moduleWant struct {
 	device   int
 	// without says what a guest lacking an optional module cannot do.
 	without string
+	// builtin is the name the driver carries when built into a kernel, if
+	// not the module's name.
+	builtin string
 }
 
 // Virtio device ids (virtio spec, "Device Types").
@@ -46,7 +49,7 @@ const (
 // the stage disk of QEMU's file port (without it files come over the port). The transport
 // comes first: init can only see which devices exist once it is loaded.
 var guestModules = []moduleWant{
-	{name: "virtio_mmio"},
+	{name: "virtio_mmio", builtin: "virtio-mmio"}, // its platform driver's name
 	{name: "virtio_net", device: VirtioNet},
 	{name: "virtio_console", device: VirtioConsole},
 	{name: "vmw_vsock_virtio_transport", optional: true, device: VirtioVsock,
