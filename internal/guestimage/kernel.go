@@ -113,19 +113,20 @@ func BuildKernel(ctx context.Context, o KernelOptions) (string, error) {
 	if err := makeKernel(ctx, build, jobs, logPath, progress); err != nil {
 		return "", fmt.Errorf("guest kernel: %w", err)
 	}
-	vmlinux, err := os.ReadFile(filepath.Join(build, "vmlinux"))
+	built := filepath.Join(build, "vmlinux")
+	vmlinux, err := os.ReadFile(built)
 	if err != nil {
 		return "", fmt.Errorf("guest kernel: %w", err)
 	}
 	if !isCompleteELF(vmlinux) {
 		return "", errors.New("guest kernel: the build's vmlinux is not a complete ELF file")
 	}
-	// Written aside and renamed, so a kernel in the cache is always whole.
-	tmp := filepath.Join(build, KernelFile+".done")
-	if err := os.WriteFile(tmp, vmlinux, 0o644); err != nil {
+	// The build tree is on the cache's file system: a rename puts the
+	// whole file in place at once.
+	if err := os.Chmod(built, 0o644); err != nil {
 		return "", fmt.Errorf("guest kernel: %w", err)
 	}
-	if err := os.Rename(tmp, out); err != nil {
+	if err := os.Rename(built, out); err != nil {
 		return "", fmt.Errorf("guest kernel: %w", err)
 	}
 	progress(fmt.Sprintf("kernel: %s (%d MiB)", out, len(vmlinux)>>20))
@@ -259,17 +260,15 @@ func configureKernel(ctx context.Context, dir string) error {
 func checkKernelConfig(want, got string) error {
 	have := parseKernelConfig(got)
 	var bad []string
+	shown := func(v string) string {
+		if v == "" {
+			return "not set"
+		}
+		return v
+	}
 	for sym, v := range parseKernelConfig(want) {
 		if have[sym] != v {
-			h := have[sym]
-			if h == "" {
-				h = "not set"
-			}
-			w := v
-			if w == "" {
-				w = "not set"
-			}
-			bad = append(bad, fmt.Sprintf("%s is %s, want %s", sym, h, w))
+			bad = append(bad, fmt.Sprintf("%s is %s, want %s", sym, shown(have[sym]), shown(v)))
 		}
 	}
 	if len(bad) > 0 {
