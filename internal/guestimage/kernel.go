@@ -99,6 +99,9 @@ func BuildKernel(ctx context.Context, o KernelOptions) (string, error) {
 	if out, err := run(ctx, build, "tar", "-xf", src, "--strip-components=1"); err != nil {
 		return "", fmt.Errorf("guest kernel: unpack %s: %w: %s", src, err, tail(out))
 	}
+	if err := applyKernelEdits(build, kernelEdits); err != nil {
+		return "", fmt.Errorf("guest kernel: %w", err)
+	}
 	progress("configuring: tinyconfig + nex's kernel.config")
 	if err := configureKernel(ctx, build); err != nil {
 		return "", fmt.Errorf("guest kernel: %w", err)
@@ -192,7 +195,7 @@ func MissingKernelTools() []string {
 }
 
 // kernelKey names a kernel by what it is built from: the source tarball's
-// bytes, the configuration and the recipe.
+// bytes, nex's edits of it, the configuration and the recipe.
 func kernelKey(src string) (string, error) {
 	f, err := os.Open(src)
 	if err != nil {
@@ -201,6 +204,7 @@ func kernelKey(src string) (string, error) {
 	defer f.Close()
 	h := sha256.New()
 	fmt.Fprintf(h, "%s\x00%s\x00", kernelRecipe, KernelConfig)
+	hashKernelEdits(h, kernelEdits)
 	if _, err := io.Copy(h, f); err != nil {
 		return "", fmt.Errorf("kernel source %s: %w", src, err)
 	}

@@ -138,3 +138,43 @@ func TestBuildKernelBadSource(t *testing.T) {
 		t.Fatalf("left behind: %v %v", left, builds)
 	}
 }
+
+func TestApplyKernelEdits(t *testing.T) {
+	dir := t.TempDir()
+	os.MkdirAll(filepath.Join(dir, "mm"), 0o755)
+	write := func(s string) { os.WriteFile(filepath.Join(dir, "mm", "init.c"), []byte(s), 0o644) }
+	edits := []kernelEdit{{file: "mm/init.c", old: "poison(POISON);", new: "poison(-1);"}}
+
+	write("a();\npoison(POISON);\nb();\n")
+	if err := applyKernelEdits(dir, edits); err != nil {
+		t.Fatal(err)
+	}
+	if b, _ := os.ReadFile(filepath.Join(dir, "mm", "init.c")); string(b) != "a();\npoison(-1);\nb();\n" {
+		t.Fatalf("edited: %q", b)
+	}
+	// A source the edit does not fit is refused by name, not built as is.
+	for _, src := range []string{"a();\n", "poison(POISON);\npoison(POISON);\n"} {
+		write(src)
+		err := applyKernelEdits(dir, edits)
+		if err == nil || !strings.Contains(err.Error(), "mm/init.c") || !strings.Contains(err.Error(), "want once") {
+			t.Fatalf("source %q: err = %v", src, err)
+		}
+	}
+	if err := applyKernelEdits(t.TempDir(), edits); err == nil || !strings.Contains(err.Error(), "mm/init.c") {
+		t.Fatalf("missing file: err = %v", err)
+	}
+}
+
+// Every edit nex makes is part of the key: changing one builds anew.
+func TestKernelKeyFollowsTheEdits(t *testing.T) {
+	src := filepath.Join(t.TempDir(), "linux.tar")
+	os.WriteFile(src, []byte("source"), 0o644)
+	before, _ := kernelKey(src)
+	saved := kernelEdits
+	t.Cleanup(func() { kernelEdits = saved })
+	kernelEdits = slices.Clone(saved)
+	kernelEdits[0].new += " "
+	if after, _ := kernelKey(src); after == before {
+		t.Fatal("a changed edit gives the same key")
+	}
+}

@@ -1,0 +1,56 @@
+package guestimage
+
+import (
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+)
+
+// kernelEdit is a change BuildKernel makes to the kernel source before it
+// configures it: old must occur exactly once in file, and becomes new.
+type kernelEdit struct {
+	file, old, new string
+}
+
+// kernelEdits are nex's changes to the kernel source, each one for the
+// guest's boot under emulation (docs/BENCHMARKS.md). They are part of the
+// kernel's cache key.
+var kernelEdits = []kernelEdit{
+	// Freeing the kernel's init sections and the initramfs fills every
+	// freed page with a poison byte first, a debugging aid. Under TCG the
+	// init text is code the guest has run, and every store into a page
+	// holding translated code takes QEMU's self-modifying-code path: the
+	// 672 KiB of init text took ≈ 0.3 s of each cold boot to poison.
+	// Unpoisoned, the freed pages go back to the page allocator as they
+	// are (it zeroes what it hands out to user space).
+	{file: "arch/x86/mm/init.c", old: "POISON_FREE_INITMEM, what);", new: "-1, what);"},
+}
+
+// applyKernelEdits makes edits in the kernel tree at dir. A source that
+// does not read as an edit expects (another kernel version) fails by
+// name, rather than building a kernel without the edit.
+func applyKernelEdits(dir string, edits []kernelEdit) error {
+	for _, e := range edits {
+		p := filepath.Join(dir, e.file)
+		b, err := os.ReadFile(p)
+		if err != nil {
+			return fmt.Errorf("nex's kernel edit of %s: %w", e.file, err)
+		}
+		if n := strings.Count(string(b), e.old); n != 1 {
+			return fmt.Errorf("nex's kernel edit of %s: %q occurs %d times in this source, want once", e.file, e.old, n)
+		}
+		if err := os.WriteFile(p, []byte(strings.Replace(string(b), e.old, e.new, 1)), 0o644); err != nil {
+			return fmt.Errorf("nex's kernel edit of %s: %w", e.file, err)
+		}
+	}
+	return nil
+}
+
+// hashKernelEdits writes edits to a cache key's hash.
+func hashKernelEdits(w io.Writer, edits []kernelEdit) {
+	for _, e := range edits {
+		fmt.Fprintf(w, "%s\x00%s\x00%s\x00", e.file, e.old, e.new)
+	}
+}
