@@ -42,11 +42,14 @@ const kernelCmdline = "console=ttyS0 quiet panic=-1 reboot=t cryptomgr.notests "
 //   - noapictimer, for one vCPU and a kernel without ACPI (nex's own,
 //     guestimage.CmdlineDevices): the APIC timer's calibration counts
 //     100 ms of guest time and took 0.23–0.3 s of every cold boot; the PIT
-//     drives the tick instead. With Debian's kernel, which finds its
-//     devices and interrupt routing through ACPI, the PIT-driven guest's
-//     agent went silent after its handshake (deploys and pings timed out;
-//     tried again this session, same result), so that kernel keeps the
-//     APIC timer.
+//     drives the tick instead. Debian's kernel keeps the APIC timer: it
+//     takes its interrupt routing from microvm's ACPI tables, which carry
+//     no override for the PIT's IRQ 0 (its boot runs no timer check), and
+//     with noapictimer nothing ticks: the console's timestamps stand still
+//     after "Disabling APIC timer" until the TSC clocksource takes over,
+//     and the agent handshakes but then never wakes from a timer (deploys
+//     and pings time out). nex's kernel boots from the MP table and checks
+//     the PIT's route ("..TIMER: vector=0x30 apic1=0 pin1=2").
 const (
 	tcgCmdline         = "noreplace-smp"
 	tcgUPNoACPICmdline = "noapictimer"
