@@ -98,6 +98,21 @@ func CheckStagedName(name string) error {
 	return nil
 }
 
+// The NATS port of a QEMU VM: the agent's own connections to the node's
+// NATS (the one every clone's handshake waits on) go over a virtio-serial
+// port rather than through the user-mode network, each connection a yamux
+// stream on it (internal/vport). In VM metadata the node's NATS is then
+// named by NATSPortURL. Workloads keep reaching NATS through PID 1's
+// forwarder and QEMU's guestfwd (GuestNATSAddr).
+const (
+	NATSPortName = "nex.nats"
+	NATSPortURL  = PortScheme + "://" + NATSPortName + ":4222"
+	PortScheme   = "vport"
+)
+
+// IsPortURL reports whether a NATS URL names the NATS port.
+func IsPortURL(raw string) bool { return strings.HasPrefix(raw, PortScheme+"://") }
+
 // Guest-side addresses of the host channel under QEMU user-mode networking
 // (restrict=on with a single guestfwd): the node's internal NATS appears at
 // GuestNATSAddr inside the guest.

@@ -166,3 +166,9 @@ type readWriter struct {
 	io.Reader
 	io.Writer
 }
+
+// portConn is an opened virtio-serial port read through eofRetry.
+type portConn struct {
+	readWriter
+	io.Closer
+}

@@ -612,7 +612,15 @@ func agentMain(log *slog.Logger) int {
 		log.Error("metadata", keyError, err)
 		return 2
 	}
-	dialer, err := natsDialer(m.NATSURL)
+	dialer, err := natsDialer(m.NATSURL, func(name string) (io.ReadWriteCloser, error) {
+		f, err := (&vm{p: guestPaths}).openPort(ctx, name)
+		if err != nil {
+			return nil, err
+		}
+		// A read of the port while no host is connected is EOF, not the
+		// end of it (eofRetry).
+		return portConn{readWriter{eofRetry{ctx, f}, f}, f}, nil
+	})
 	if err != nil {
 		log.Error("nats url", keyError, err)
 		return 2

@@ -18,6 +18,7 @@ const (
 	consoleFile = "console.log"
 	agentSock   = "agent.sock"
 	filesSock   = "files.sock"
+	natsSock    = "nats.sock"
 	qmpSock     = "qmp.sock"
 	stageDisk   = "stage.img"
 	fwdSock     = "fwd.sock"
@@ -178,6 +179,10 @@ func (m machine) args() []string {
 		// The file port (files.go): the driver listens on files.sock too.
 		"-chardev", "socket,path="+filesSock+",server=off,id=c1",
 		"-device", "virtserialport,chardev=c1,name="+agentapi.FilePortName,
+		// The NATS port (internal/vport): the agent's own connections to
+		// the node's NATS, on nats.sock.
+		"-chardev", "socket,path="+natsSock+",server=off,id=c2",
+		"-device", "virtserialport,chardev=c2,name="+agentapi.NATSPortName,
 		// The file port's stage disk (files.go): read-only to the guest,
 		// through the host's page cache (QEMU's default cache mode), so
 		// the guest reads what the driver wrote into the file before it

@@ -10,6 +10,7 @@ import (
 	"github.com/nex-engine/nex/internal/agentapi"
 	"github.com/nex-engine/nex/internal/sandbox"
 	"github.com/nex-engine/nex/internal/sandbox/vmm"
+	"github.com/nex-engine/nex/internal/vport"
 )
 
 // Starting a VM is data: an ordered list of named steps run by one loop that
@@ -28,6 +29,7 @@ const (
 	stepStageDisk      = "create stage disk"
 	stepListenFiles    = "listen file socket"
 	stepListenForwards = "listen forward socket"
+	stepListenNATS     = "listen nats port socket"
 	stepBuildArgs      = "build args"
 	stepLaunch         = "launch"
 	stepWritePID       = "write pid"
@@ -48,6 +50,7 @@ func coldBoot() steps {
 		{Name: stepStageDisk, Run: createStageDisk},
 		{Name: stepListenFiles, Run: listenFiles},
 		{Name: stepListenForwards, Run: listenForwards},
+		{Name: stepListenNATS, Run: listenNATSPort},
 		{Name: stepBuildArgs, Run: buildArgs},
 		{Name: stepLaunch, Run: launch},
 		{Name: stepWritePID, Run: writePID},
@@ -109,6 +112,36 @@ func listenForwards(ctx context.Context, v *vm) error {
 	}
 	v.fwd = ln
 	go serveForwards(ln, v.upstream, v.log)
+	return nil
+}
+
+// listenNATSPort serves the NATS port: QEMU dials nats.sock as it starts,
+// and every stream the guest's agent opens on that connection is spliced
+// to the node's NATS.
+func listenNATSPort(ctx context.Context, v *vm) error {
+	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: v.path(natsSock), Net: "unix"})
+	if err != nil {
+		return err
+	}
+	v.nats = ln
+	go func() {
+		dial := func(ctx context.Context) (net.Conn, error) {
+			v.portConns.Add(1)
+			var d net.Dialer
+			return d.DialContext(ctx, "tcp", v.upstream)
+		}
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				if err := vport.Serve(context.Background(), c, dial, v.log); err != nil {
+					v.log.Warn("NATS port", "error", err)
+				}
+			}()
+		}
+	}()
 	return nil
 }
 

@@ -204,7 +204,9 @@ func (d *Driver) Start(ctx context.Context, spec sandbox.Spec) (sandbox.Sandbox,
 		return nil, fmt.Errorf("start vm %s: %w", spec.ID, err)
 	}
 	guest := spec.Agent
-	guest.NATSURL = "nats://" + agentapi.GuestNATSAddr
+	// The agent's own connections go over the NATS port; its workloads'
+	// through the guestfwd (agentapi.NATSPortURL).
+	guest.NATSURL = agentapi.NATSPortURL
 
 	shape := d.shapeOf(spec)
 	v := d.newVM(spec.ID, spec.Dir, shape)

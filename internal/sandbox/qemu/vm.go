@@ -43,6 +43,11 @@ type vm struct {
 	// upstream is the node's NATS (host:port) they are spliced to.
 	fwd      *net.UnixListener
 	upstream string
+	// nats takes QEMU's connection to the NATS port, the agent's own
+	// NATS connections multiplexed on it (internal/vport).
+	nats *net.UnixListener
+	// portConns counts the guest's connections over the NATS port.
+	portConns atomic.Int64
 	// files is the host end of the file port (Stage).
 	files *filePort
 	// configured is closed once the guest has its config (benchmarks
@@ -118,8 +123,8 @@ func (v *vm) launch() error {
 	return err
 }
 
-// closeChannels closes the host ends of the config and file ports, and the
-// forward server: their accepts and reads end here. The guest's spliced
+// closeChannels closes the host ends of the config, file and NATS ports,
+// and the forward server: their accepts and reads end here. The guest's spliced
 // NATS connections end as QEMU's ends of them close.
 func (v *vm) closeChannels() {
 	if v.ln != nil {
@@ -127,6 +132,9 @@ func (v *vm) closeChannels() {
 	}
 	if v.fwd != nil {
 		v.fwd.Close()
+	}
+	if v.nats != nil {
+		v.nats.Close()
 	}
 	if c := v.conn.Load(); c != nil {
 		(*c).Close()
@@ -182,7 +190,7 @@ func (v *vm) Stop(ctx context.Context) error {
 // removeStale deletes sockets a previous run may have left in the directory;
 // a stale agent.sock or files.sock would make listen fail.
 func (v *vm) removeStale() error {
-	for _, name := range []string{agentSock, filesSock, fwdSock, qmpSock} {
+	for _, name := range []string{agentSock, filesSock, natsSock, fwdSock, qmpSock} {
 		if err := os.Remove(v.path(name)); err != nil && !errors.Is(err, os.ErrNotExist) {
 			return err
 		}

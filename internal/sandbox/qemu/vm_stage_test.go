@@ -86,6 +86,10 @@ func testStage(t *testing.T, d *Driver) {
 	if pids := helperPIDs(sb.(*vm)); len(pids) > 0 {
 		t.Fatalf("host processes %v besides QEMU run in the VM's dir", pids)
 	}
+	// The agent reached the node over the NATS port, not the guestfwd.
+	if n := sb.(*vm).portConns.Load(); n < 1 {
+		t.Fatalf("%d connections over the NATS port; want the agent's", n)
+	}
 	var got string
 	for _, l := range ag.Logs() {
 		if v, ok := strings.CutPrefix(l.Text, "probe sha256/"+dataPath+" "); ok && l.Stream == "stdout" {
