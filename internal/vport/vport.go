@@ -13,6 +13,7 @@ import (
 	"log/slog"
 	"net"
 	"sync"
+	"syscall"
 
 	"github.com/hashicorp/yamux"
 
@@ -98,5 +99,6 @@ func Serve(ctx context.Context, conn io.ReadWriteCloser, dial func(context.Conte
 // the session was closed) from one in what the guest sent.
 func ended(err error) bool {
 	return errors.Is(err, io.EOF) || errors.Is(err, yamux.ErrSessionShutdown) ||
-		errors.Is(err, net.ErrClosed) || errors.Is(err, io.ErrClosedPipe)
+		errors.Is(err, net.ErrClosed) || errors.Is(err, io.ErrClosedPipe) ||
+		errors.Is(err, syscall.ECONNRESET) // QEMU killed
 }
