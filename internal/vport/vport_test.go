@@ -9,31 +9,14 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/nex-engine/nex/internal/nettest"
 )
 
 // upstream is a node's NATS stand-in: it answers each connection with
 // what it read, once the client has finished writing (half-close).
 func upstream(t *testing.T) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				b, _ := io.ReadAll(c)
-				c.Write(append([]byte("got "), b...))
-			}()
-		}
-	}()
-	return ln.Addr().String()
+	return nettest.ReplyServer(t, "tcp", "127.0.0.1:0", "got ").Addr().String()
 }
 
 func serve(t *testing.T, dial func(context.Context) (net.Conn, error)) (*Dialer, net.Conn, chan error) {

@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nex-engine/nex/internal/nettest"
 	"github.com/nex-engine/nex/internal/sandbox/sandboxtest"
 )
 
@@ -21,7 +22,7 @@ import (
 // the half-close: the server sees EOF after the guest side ends its writes
 // and can still answer.
 func TestForward(t *testing.T) {
-	ln := replyServer(t, "tcp", "127.0.0.1:0", "got ")
+	ln := nettest.ReplyServer(t, "tcp", "127.0.0.1:0", "got ")
 
 	guest, stdio := stdioPair(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
@@ -60,7 +61,7 @@ func TestForwardRefused(t *testing.T) {
 // Firecracker test server gives for a guest's vsock connections.
 func TestForwardUnix(t *testing.T) {
 	sock := filepath.Join(t.TempDir(), "v.sock_4222")
-	replyServer(t, "unix", sock, "unix got ")
+	nettest.ReplyServer(t, "unix", sock, "unix got ")
 	guest, stdio := stdioPair(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
@@ -96,7 +97,7 @@ func TestGuestForward(t *testing.T) {
 // process has let go of its copy; and that a connection whose upstream is
 // down is closed, not left hanging.
 func TestForwardPass(t *testing.T) {
-	up := replyServer(t, "tcp", "127.0.0.1:0", "got ")
+	up := nettest.ReplyServer(t, "tcp", "127.0.0.1:0", "got ")
 	dir := t.TempDir()
 	servers := 0
 	serve := func(upstream string) string {
@@ -153,32 +154,6 @@ func TestForwardPass(t *testing.T) {
 	if b, err := io.ReadAll(guest); err != nil || len(b) != 0 {
 		t.Fatalf("with the upstream down the guest read %q, %v; want the connection closed", b, err)
 	}
-}
-
-// replyServer listens on network/addr and answers each connection, once it
-// has read all of it (until the other side's half-close), with prefix and
-// what it read.
-func replyServer(t *testing.T, network, addr, prefix string) net.Listener {
-	t.Helper()
-	ln, err := net.Listen(network, addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				b, _ := io.ReadAll(c)
-				c.Write(append([]byte(prefix), b...))
-			}()
-		}
-	}()
-	return ln
 }
 
 // socketPair is what QEMU gives a forward command: a connected unix socket
