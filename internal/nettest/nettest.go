@@ -12,6 +12,22 @@ import (
 // what it read. It closes when the test ends.
 func ReplyServer(t testing.TB, network, addr, prefix string) net.Listener {
 	t.Helper()
+	return serve(t, network, addr, func(c net.Conn) {
+		b, _ := io.ReadAll(c)
+		c.Write(append([]byte(prefix), b...))
+	})
+}
+
+// EchoServer listens on TCP loopback and writes back what each connection
+// sends, as it comes. It closes when the test ends.
+func EchoServer(t testing.TB) net.Listener {
+	t.Helper()
+	return serve(t, "tcp", "127.0.0.1:0", func(c net.Conn) { io.Copy(c, c) })
+}
+
+// serve runs handle on each connection to network/addr, then closes it.
+func serve(t testing.TB, network, addr string, handle func(net.Conn)) net.Listener {
+	t.Helper()
 	ln, err := net.Listen(network, addr)
 	if err != nil {
 		t.Fatal(err)
@@ -25,8 +41,7 @@ func ReplyServer(t testing.TB, network, addr, prefix string) net.Listener {
 			}
 			go func() {
 				defer c.Close()
-				b, _ := io.ReadAll(c)
-				c.Write(append([]byte(prefix), b...))
+				handle(c)
 			}()
 		}
 	}()

@@ -50,9 +50,6 @@ func NewDialer(port io.ReadWriteCloser) (*Dialer, error) {
 // are the port's to decide, not the caller's.
 func (d *Dialer) Dial(_, _ string) (net.Conn, error) { return d.s.OpenStream() }
 
-// DialContext is Dial for callers with a context.
-func (d *Dialer) DialContext(context.Context) (net.Conn, error) { return d.s.OpenStream() }
-
 // Close ends the session and closes the port.
 func (d *Dialer) Close() error { return d.s.Close() }
 

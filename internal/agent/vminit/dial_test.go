@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/nex-engine/nex/internal/agentapi"
+	"github.com/nex-engine/nex/internal/nettest"
 	"github.com/nex-engine/nex/internal/vport"
 )
 
@@ -87,20 +88,7 @@ func noPort(t *testing.T) func(string) (io.ReadWriteCloser, error) {
 // host's vport.Serve splices to the node; the workloads' forwarder then
 // goes through QEMU's guestfwd.
 func TestNATSDialerOverPort(t *testing.T) {
-	node, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer node.Close()
-	go func() {
-		for {
-			c, err := node.Accept()
-			if err != nil {
-				return
-			}
-			go func() { io.Copy(c, c); c.Close() }()
-		}
-	}()
+	node := nettest.EchoServer(t)
 	guestEnd, hostEnd := net.Pipe()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()

@@ -95,7 +95,7 @@ func prepareDir(ctx context.Context, v *vm) error {
 // listenConfig listens before QEMU starts: QEMU dials the socket
 // (server=off) while it initializes and exits if nobody listens.
 func listenConfig(ctx context.Context, v *vm) error {
-	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: v.path(agentSock), Net: "unix"})
+	ln, err := v.listenUnix(agentSock)
 	if err != nil {
 		return err
 	}
@@ -106,12 +106,12 @@ func listenConfig(ctx context.Context, v *vm) error {
 // listenForwards serves the guest's NATS connections, which QEMU's forward
 // command passes on fwd.sock (forward.go).
 func listenForwards(ctx context.Context, v *vm) error {
-	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: v.path(fwdSock), Net: "unix"})
+	ln, err := v.listenUnix(fwdSock)
 	if err != nil {
 		return err
 	}
 	v.fwd = ln
-	go serveForwards(ln, v.upstream, v.log)
+	go serveForwards(ln, dialTCP(v.upstream), v.log)
 	return nil
 }
 
@@ -119,17 +119,17 @@ func listenForwards(ctx context.Context, v *vm) error {
 // and every stream the guest's agent opens on that connection is spliced
 // to the node's NATS.
 func listenNATSPort(ctx context.Context, v *vm) error {
-	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: v.path(natsSock), Net: "unix"})
+	ln, err := v.listenUnix(natsSock)
 	if err != nil {
 		return err
 	}
 	v.nats = ln
+	node := dialTCP(v.upstream)
+	dial := func(ctx context.Context) (net.Conn, error) {
+		v.portConns.Add(1)
+		return node(ctx)
+	}
 	go func() {
-		dial := func(ctx context.Context) (net.Conn, error) {
-			v.portConns.Add(1)
-			var d net.Dialer
-			return d.DialContext(ctx, "tcp", v.upstream)
-		}
 		for {
 			c, err := ln.Accept()
 			if err != nil {
@@ -165,7 +165,7 @@ func createStageDisk(ctx context.Context, v *vm) error {
 // it does the config socket's. A template listens too but never accepts:
 // it is saved before any file is sent.
 func listenFiles(ctx context.Context, v *vm) error {
-	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: v.path(filesSock), Net: "unix"})
+	ln, err := v.listenUnix(filesSock)
 	if err != nil {
 		return err
 	}

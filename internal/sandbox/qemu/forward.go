@@ -108,11 +108,20 @@ func passConn(ctx context.Context, sock string, conn *os.File) error {
 	return nil
 }
 
+// dialTCP dials the node's NATS at addr (host:port): the upstream of every
+// guest connection, whichever way it reaches the driver.
+func dialTCP(addr string) func(context.Context) (net.Conn, error) {
+	return func(ctx context.Context) (net.Conn, error) {
+		var d net.Dialer
+		return d.DialContext(ctx, "tcp", addr)
+	}
+}
+
 // serveForwards takes the guest connections that forward commands pass on
-// ln and splices each to the node's NATS at upstream (host:port) until ln
-// is closed. A connection whose upstream cannot be dialled is closed: the
+// ln and splices each to a connection dial makes to the node's NATS, until
+// ln is closed. A connection whose upstream cannot be dialled is closed: the
 // guest sees it refused, and retries.
-func serveForwards(ln *net.UnixListener, upstream string, log *slog.Logger) {
+func serveForwards(ln *net.UnixListener, dial func(context.Context) (net.Conn, error), log *slog.Logger) {
 	for {
 		c, err := ln.AcceptUnix()
 		if err != nil {
@@ -125,10 +134,9 @@ func serveForwards(ln *net.UnixListener, upstream string, log *slog.Logger) {
 				log.Warn("Guest NATS connection not taken", "error", err)
 				return
 			}
-			var d net.Dialer
-			up, err := d.Dial("tcp", upstream)
+			up, err := dial(context.Background())
 			if err != nil {
-				log.Warn("Guest NATS connection: dial the node's NATS", "addr", upstream, "error", err)
+				log.Warn("Guest NATS connection: dial the node's NATS", "error", err)
 				guest.Close()
 				return
 			}

@@ -108,7 +108,7 @@ func TestForwardPass(t *testing.T) {
 			t.Fatal(err)
 		}
 		t.Cleanup(func() { ln.Close() })
-		go serveForwards(ln, upstream, sandboxtest.Log(t))
+		go serveForwards(ln, dialTCP(upstream), sandboxtest.Log(t))
 		return sock
 	}
 	// pass plays QEMU and the forward command: a socket pair, one end

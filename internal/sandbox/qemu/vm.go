@@ -187,6 +187,11 @@ func (v *vm) Stop(ctx context.Context) error {
 	return nil
 }
 
+// listenUnix listens on the unix socket name in the VM's directory.
+func (v *vm) listenUnix(name string) (*net.UnixListener, error) {
+	return net.ListenUnix("unix", &net.UnixAddr{Name: v.path(name), Net: "unix"})
+}
+
 // removeStale deletes sockets a previous run may have left in the directory;
 // a stale agent.sock or files.sock would make listen fail.
 func (v *vm) removeStale() error {
