@@ -9,18 +9,22 @@ package pdeath
 import (
 	"os/exec"
 	"runtime"
+
+	"github.com/nex-engine/nex/internal/reaper"
 )
 
 // Start starts cmd (whose SysProcAttr the caller set, Pdeathsig included)
 // from a goroutine locked to its OS thread. started, if not nil, runs on
 // that thread once the child runs, before Start returns; exited runs there
-// with cmd.Wait's error when the child has ended.
+// with cmd.Wait's error when the child has ended. The child is started
+// through package reaper, so a PID 1 that reaps orphans leaves it to that
+// Wait.
 func Start(cmd *exec.Cmd, started func(), exited func(error)) error {
 	errc := make(chan error, 1)
 	go func() {
 		runtime.LockOSThread()
 		defer runtime.UnlockOSThread()
-		if err := cmd.Start(); err != nil {
+		if err := reaper.Start(cmd); err != nil {
 			errc <- err
 			return
 		}
@@ -28,7 +32,9 @@ func Start(cmd *exec.Cmd, started func(), exited func(error)) error {
 			started()
 		}
 		errc <- nil
-		exited(cmd.Wait())
+		err := cmd.Wait()
+		reaper.Release(cmd.Process.Pid)
+		exited(err)
 	}()
 	return <-errc
 }

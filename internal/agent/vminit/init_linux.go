@@ -22,17 +22,12 @@ import (
 	"github.com/nex-engine/nex/internal/agent"
 	"github.com/nex-engine/nex/internal/agentapi"
 	"github.com/nex-engine/nex/internal/guestimage"
+	"github.com/nex-engine/nex/internal/reaper"
 )
 
-// The agent child is this same binary re-run with roleEnv set; its metadata
-// comes on fd 3 rather than in the environment, so the seed is never in an
-// environment a workload could inherit.
-const (
-	roleEnv   = "NEX_VMINIT_ROLE"
-	roleAgent = "agent"
-	metaFD    = 3
-	debugEnv  = "nex_debug"
-)
+// debugEnv, set on the kernel command line (nex_debug=1), turns on debug
+// logs.
+const debugEnv = "nex_debug"
 
 // Bounds of the waits of init: devices appear within milliseconds of their
 // module loading.
@@ -51,12 +46,11 @@ type paths struct {
 
 var guestPaths = paths{sysfs: "/sys", dev: "/dev", proc: "/proc", modules: "/modules"}
 
-// Wanted reports whether this process belongs to vminit: PID 1 of a VM, or
-// the agent child PID 1 started.
-func Wanted() bool { return os.Getpid() == 1 || os.Getenv(roleEnv) == roleAgent }
+// Wanted reports whether this process is vminit: PID 1 of a VM.
+func Wanted() bool { return os.Getpid() == 1 }
 
-// Main runs vminit and never returns: as PID 1 it boots the guest, runs the
-// agent child and powers off; as that child it runs the agent and exits.
+// Main runs vminit and never returns: it boots the guest, runs the agent
+// and powers off.
 func Main() {
 	// The kernel hands init the command line's unknown key=value words
 	// without a dot as environment variables: nex_debug=1 turns on debug
@@ -65,11 +59,7 @@ func Main() {
 	if os.Getenv(debugEnv) != "" {
 		level = slog.LevelDebug
 	}
-	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
-	if os.Getpid() != 1 {
-		os.Exit(agentMain(log.With("role", "agent")))
-	}
-	initMain(log.With("role", "init"))
+	initMain(slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level})))
 }
 
 // vm is PID 1's state while it boots.
@@ -79,41 +69,33 @@ type vm struct {
 	cfg agentapi.VMConfig
 	// via tells where the config came from, for the log.
 	via string
-	// agent is the agent child, started before the config is asked for.
-	agent *child
 	// workloads is where workloads find NATS (agentapi.WorkloadNATSAddr).
 	workloads net.Listener
 }
 
-// bootSteps is what PID 1 does, in order, until the agent has its identity.
+// bootSteps is what PID 1 does, in order, before it runs the agent.
 //
-// The agent child starts right after the file systems and has initialized
-// (exec, Go runtime, package init: ≈ 0.7 s of a snapshot clone's boot under
-// TCG) before init says it is ready on the config channel. A snapshot
-// template is saved at that point, so a clone restores an agent that only
-// waits for its identity and goes straight to dialing the node. The child's
-// start-up also overlaps the module loading and device waits of a cold boot.
+// Everything that needs no identity comes before the config step, where
+// init says it is ready on the config channel: a snapshot template is saved
+// right then, so its clones start from there, and go from their identity
+// straight to dialing the node.
 func (v *vm) bootSteps() []step {
 	steps := make([]step, 0, 16)
 	for _, m := range mounts {
 		steps = append(steps, step{name: "mount " + m.target, run: m.mount})
 	}
 	return append(steps,
-		step{name: "start agent", run: v.startAgent},
 		step{name: "load modules", run: v.loadModules},
 		step{name: "loopback up", run: linkUp("lo")},
 		step{name: "network " + guestEth, run: v.network},
 		step{name: "listen for workloads", run: v.listenWorkloads},
 		step{name: "serve file port", run: v.serveFiles, optional: true},
+		step{name: "work dir", run: makeWorkDir},
 		step{name: "warm up", run: v.warmUp, optional: true},
-		step{name: "agent initialized", run: v.awaitAgent},
 		step{name: "config", run: v.config},
 		step{name: "set clock", run: v.setClock, optional: true},
 		step{name: "seed entropy", run: v.seedEntropy, optional: true},
 		step{name: "nats forwarder", run: v.startForwarder},
-		// Last: once the child has its identity it races to the node,
-		// and init should then keep off the (single) CPU.
-		step{name: "agent identity", run: v.handOver},
 	)
 }
 
@@ -352,13 +334,32 @@ func (v *vm) startForwarder(ctx context.Context) error {
 	return nil
 }
 
-// warmUp fills, before init says it is ready, the caches init's own code
-// builds on first use once the config arrives: encoding/json's codecs of
-// the config and the metadata. They are memory, so a snapshot template
-// holds them. A clone must translate again (TCG) all the code it runs, and
-// first runs are what cost most under emulation, but it need not also
-// rebuild what is already there.
+// warmUp fills, before init says it is ready, the caches that the code run
+// once the config arrives builds on first use: encoding/json's codecs of the
+// config, the metadata and the agent's handshake, and ed25519's base-point
+// table (deriving the agent's nkey, signing the server's nonce; the key here
+// is a throwaway one). They are memory, so a snapshot template holds them.
+// A clone must translate again (TCG) all the code it runs, and first runs
+// are what cost most under emulation, but it need not also rebuild what is
+// already there.
+//
+// Whatever is derived from randomness before the config is shared by every
+// clone of a snapshot template, so nothing secret or identifying is:
+//   - crypto/rand reads getrandom on every call, and init reseeds the
+//     kernel's CRNG with the host's entropy before the agent runs;
+//   - nats.go's inbox subjects start with the sandbox's own prefix
+//     (agentapi.InboxPrefix), so they differ between clones even though
+//     the nuid suffix comes from a generator seeded at package init, and
+//     its request tokens are seeded from the clock, set from the host
+//     before the agent runs;
+//   - the Go runtime's hash seeds and math/rand state carry no secrets.
 func (v *vm) warmUp(context.Context) error {
+	if kp, err := nkeys.FromRawSeed(nkeys.PrefixByteUser, make([]byte, 32)); err == nil {
+		_, _ = kp.Sign([]byte("warm-up"))
+	}
+	hs, _ := json.Marshal(agentapi.Handshake{StartedAt: time.Now()})
+	var r agentapi.HandshakeReply
+	_ = json.Unmarshal(hs, &r)
 	b, err := json.Marshal(agentapi.VMConfig{
 		Metadata: agentapi.Metadata{SandboxID: "warm-up", NATSURL: "nats://" + agentapi.GuestNATSAddr, Seed: "SU"},
 		Now:      time.Now(),
@@ -371,22 +372,8 @@ func (v *vm) warmUp(context.Context) error {
 	return json.Unmarshal(b, &cfg)
 }
 
-// warmAgent is warmUp for the agent child, whose first steps with its
-// identity need ed25519's base-point table (deriving its nkey, signing the
-// server's nonce) and the JSON codecs of its handshake. The key is a
-// throwaway one.
-func warmAgent() {
-	if kp, err := nkeys.FromRawSeed(nkeys.PrefixByteUser, make([]byte, 32)); err == nil {
-		_, _ = kp.Sign([]byte("warm-up"))
-	}
-	b, _ := json.Marshal(agentapi.Handshake{StartedAt: time.Now()})
-	var m agentapi.Metadata
-	_ = json.Unmarshal(b, &m)
-	var r agentapi.HandshakeReply
-	_ = json.Unmarshal(b, &r)
-}
-
-func initMain(log *slog.Logger) {
+func initMain(base *slog.Logger) {
+	log := base.With("role", "init")
 	defer func() {
 		if r := recover(); r != nil {
 			log.Error("init panicked", "panic", r)
@@ -396,6 +383,9 @@ func initMain(log *slog.Logger) {
 	start := time.Now()
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
+	sigchld := make(chan os.Signal, 1)
+	signal.Notify(sigchld, syscall.SIGCHLD)
+	go reapOrphans(ctx, sigchld, log)
 	v := &vm{log: log, p: guestPaths}
 	if err := runSteps(ctx, log, v.bootSteps()); err != nil {
 		log.Error("boot failed; powering off", keyError, err)
@@ -409,145 +399,43 @@ func initMain(log *slog.Logger) {
 
 	// A SIGTERM to init (nothing sends one today; a shutdown inside the
 	// guest would) stops the agent gracefully; init powers off once it has.
-	pid := v.agent.pid
-	term := make(chan os.Signal, 1)
-	signal.Notify(term, syscall.SIGTERM, syscall.SIGINT)
-	go func() {
-		for range term {
-			_ = syscall.Kill(pid, syscall.SIGTERM)
-		}
-	}()
-	ws := reapUntil(pid, v.agent.sigchld, log)
-	log.Info("agent exited; powering off", "status", exitStatus(ws))
+	actx, stop := signal.NotifyContext(ctx, syscall.SIGTERM, syscall.SIGINT)
+	err := v.runAgent(actx, base.With("role", "agent"))
+	stop()
+	if err != nil {
+		log.Error("agent", keyError, err)
+	}
+	log.Info("agent ended; powering off")
 	cancel()
 	powerOff(log)
 }
 
-// child is the agent child as PID 1 sees it. Its fd 3 is one end of a
-// socket pair whose other end is conn: the child writes agentReady on it
-// once it has initialized, then reads its metadata (JSON) from it.
-type child struct {
-	pid  int
-	conn *os.File
-	// sigchld is registered before the child exists so no exit goes unseen.
-	sigchld chan os.Signal
-}
-
-// agentReady is the byte the agent child writes on fd 3 once it waits for
-// its metadata.
-const agentReady = '.'
-
-// startAgent re-runs /init as the agent child, which initializes and then
-// waits for its metadata on fd 3.
-func (v *vm) startAgent(context.Context) error {
-	exe, err := os.Executable()
-	if err != nil {
-		exe = "/init"
+// reapOrphans reaps, until ctx ends, every child that reaches PID 1 but
+// the workloads the agent started (package reaper leaves those to the
+// agent's own wait). Each SIGCHLD drains all ended children (signals
+// coalesce); while one of the agent's children waits for its wait, the
+// ones behind it are looked at again shortly.
+func reapOrphans(ctx context.Context, sigchld <-chan os.Signal, log *slog.Logger) {
+	reaped := func(pid int, ws unix.WaitStatus) {
+		log.Debug("reaped orphan", "pid", pid, "status", exitStatus(ws))
 	}
-	// Non-blocking, so both ends are pollable *os.Files with deadlines.
-	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
-	if err != nil {
-		return fmt.Errorf("socket pair: %w", err)
-	}
-	conn, theirs := os.NewFile(uintptr(fds[0]), "agent"), os.NewFile(uintptr(fds[1]), "init")
-	defer theirs.Close()
-	env := []string{roleEnv + "=" + roleAgent}
-	for _, kv := range os.Environ() {
-		if !strings.HasPrefix(kv, roleEnv+"=") {
-			env = append(env, kv)
-		}
-	}
-	sigchld := make(chan os.Signal, 16)
-	signal.Notify(sigchld, syscall.SIGCHLD)
-	pid, err := syscall.ForkExec(exe, []string{exe}, &syscall.ProcAttr{
-		Env:   env,
-		Files: []uintptr{0, 1, 2, theirs.Fd()},
-	})
-	if err != nil {
-		signal.Stop(sigchld)
-		conn.Close()
-		return fmt.Errorf("fork %s: %w", exe, err)
-	}
-	v.agent = &child{pid: pid, conn: conn, sigchld: sigchld}
-	return nil
-}
-
-// awaitAgent waits until the agent child has initialized.
-func (v *vm) awaitAgent(ctx context.Context) error { return awaitReady(ctx, v.agent.conn) }
-
-// handOver gives the waiting agent child its metadata.
-func (v *vm) handOver(context.Context) error { return handOver(v.agent.conn, v.cfg.Metadata) }
-
-func awaitReady(ctx context.Context, conn *os.File) error {
-	stop := context.AfterFunc(ctx, func() { conn.SetReadDeadline(time.Unix(1, 0)) })
-	defer stop()
-	var b [1]byte
-	if _, err := io.ReadFull(conn, b[:]); err != nil {
-		if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
-			return errors.New("the agent child exited before it was ready")
-		}
-		return fmt.Errorf("wait for the agent child: %w", err)
-	}
-	if b[0] != agentReady {
-		return fmt.Errorf("the agent child said %q, want %q", b[0], agentReady)
-	}
-	return nil
-}
-
-func handOver(conn *os.File, m agentapi.Metadata) error {
-	defer conn.Close()
-	if err := json.NewEncoder(conn).Encode(m); err != nil {
-		return fmt.Errorf("metadata to the agent child: %w", err)
-	}
-	return nil
-}
-
-// receiveMetadata is the agent child's side: say it is ready, then read its
-// metadata. Whatever the child derived from randomness before this point
-// is shared by every clone of a snapshot template, so the agent keeps
-// nothing secret or identifying from it:
-//   - crypto/rand reads getrandom on every call, and PID 1 reseeds the
-//     kernel's CRNG with the host's entropy before the handover;
-//   - nats.go's inbox subjects start with the sandbox's own prefix
-//     (agentapi.InboxPrefix), so they differ between clones even though
-//     the nuid suffix comes from a generator seeded at package init, and
-//     its request tokens are seeded from the clock, set from the host
-//     before the handover;
-//   - the Go runtime's hash seeds and math/rand state carry no secrets.
-func receiveMetadata(f *os.File) (agentapi.Metadata, error) {
-	defer f.Close()
-	var m agentapi.Metadata
-	if _, err := f.Write([]byte{agentReady}); err != nil {
-		return m, fmt.Errorf("tell init the agent is ready: %w", err)
-	}
-	if err := json.NewDecoder(f).Decode(&m); err != nil {
-		return m, fmt.Errorf("read metadata from init: %w", err)
-	}
-	return m, nil
-}
-
-// reapUntil reaps every child that reaches PID 1 (the agent, and orphans
-// re-parented to init) and returns the agent's status once it has exited.
-// Each SIGCHLD drains all exited children: signals coalesce.
-func reapUntil(agentPID int, sigs <-chan os.Signal, log *slog.Logger) unix.WaitStatus {
 	for {
-		for {
-			var ws unix.WaitStatus
-			pid, err := unix.Wait4(-1, &ws, unix.WNOHANG, nil)
-			if errors.Is(err, unix.EINTR) {
-				continue
-			}
-			if err != nil || pid <= 0 {
-				break
-			}
-			if pid == agentPID {
-				return ws
-			}
-			log.Debug("reaped orphan", "pid", pid, "status", exitStatus(ws))
+		var again <-chan time.Time
+		if reaper.Reap(reaped) {
+			again = time.After(reapAgain)
 		}
-		<-sigs
+		select {
+		case <-sigchld:
+		case <-again:
+		case <-ctx.Done():
+			return
+		}
 	}
 }
+
+// reapAgain is how soon reapOrphans looks again past a child of the
+// agent's that has ended, which its wait (already under way) reaps.
+const reapAgain = 10 * time.Millisecond
 
 func exitStatus(ws unix.WaitStatus) string {
 	if ws.Signaled() {
@@ -595,25 +483,10 @@ func uptime(proc string) time.Duration {
 	return d
 }
 
-// agentMain is the agent child: metadata from fd 3, then agent.Run.
-func agentMain(log *slog.Logger) int {
-	os.Unsetenv(roleEnv)
-	// Everything that needs no identity happens before the child says it is
-	// ready, so a snapshot template has done it for its clones.
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
-	defer stop()
-	if err := os.MkdirAll(workDir, 0o755); err != nil {
-		log.Error("work dir", keyError, err)
-		return 2
-	}
-	warmAgent()
-	m, err := receiveMetadata(os.NewFile(metaFD, "init"))
-	if err != nil {
-		log.Error("metadata", keyError, err)
-		return 2
-	}
-	dialer, err := natsDialer(m.NATSURL, func(name string) (io.ReadWriteCloser, error) {
-		f, err := (&vm{p: guestPaths}).openPort(ctx, name)
+// runAgent runs the agent with the metadata init got, until it is done.
+func (v *vm) runAgent(ctx context.Context, log *slog.Logger) error {
+	dialer, err := natsDialer(v.cfg.Metadata.NATSURL, func(name string) (io.ReadWriteCloser, error) {
+		f, err := v.openPort(ctx, name)
 		if err != nil {
 			return nil, err
 		}
@@ -622,20 +495,16 @@ func agentMain(log *slog.Logger) int {
 		return portConn{readWriter{eofRetry{ctx, f}, f}, f}, nil
 	})
 	if err != nil {
-		log.Error("nats url", keyError, err)
-		return 2
+		return fmt.Errorf("nats url: %w", err)
 	}
-	err = agent.Run(ctx, agent.Options{
-		Meta:             m,
+	return agent.Run(ctx, agent.Options{
+		Meta:             v.cfg.Metadata,
 		Log:              log,
 		PID1:             true,
 		WorkloadNATSAddr: agentapi.WorkloadNATSAddr,
 		WorkDir:          workDir,
 		Dialer:           dialer,
 	})
-	if err != nil {
-		log.Error("agent", keyError, err)
-		return 1
-	}
-	return 0
 }
+
+func makeWorkDir(context.Context) error { return os.MkdirAll(workDir, 0o755) }

@@ -2,6 +2,7 @@ package vminit
 
 import (
 	"bufio"
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -17,6 +18,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/nex-engine/nex/internal/pdeath"
 )
 
 // The test binary plays extra roles when re-run by a test:
@@ -25,7 +28,7 @@ import (
 //     and it splices that connection (stdin/stdout) to the node's server.
 //     QEMU's chardev form of guestfwd carries only one connection, made when
 //     QEMU starts, so the per-connection command form is the one that works.
-//   - reapRole: the processes of TestReapUntil.
+//   - reapRole: the processes of TestReapOrphans.
 //   - netifRole: TestInterfaceSetup's process, in a network namespace of
 //     its own.
 //   - filesRole: TestFileServerFullTmpfs's process, in a mount namespace of
@@ -72,11 +75,13 @@ func forwardStdio(addr string) {
 	<-done
 }
 
-// TestReapUntil runs the reaper the way PID 1 does, in a sub-reaper so the
-// orphans come to it: the agent runs a child that double-forks and waits for
-// it with os/exec; the grandchild, orphaned, must be reaped by the reaper,
-// and the agent must still get its own child's exit status.
-func TestReapUntil(t *testing.T) {
+// TestReapOrphans runs PID 1's reaping loop (in a sub-reaper, so orphans
+// come to it) while the agent, in the same process, starts workloads the
+// way it does (pdeath.Start) and waits for them: each workload double-forks
+// and exits 5 at once. Every workload's exit status must reach the agent
+// (not be stolen by the reaper, which would make its wait fail), and every
+// orphaned grandchild must be reaped.
+func TestReapOrphans(t *testing.T) {
 	cmd := exec.Command(os.Args[0])
 	cmd.Env = append(os.Environ(), reapRole+"=init")
 	out, err := cmd.CombinedOutput()
@@ -84,13 +89,19 @@ func TestReapUntil(t *testing.T) {
 		t.Fatalf("init helper: %v\n%s", err, out)
 	}
 	t.Logf("%s", out)
-	if !strings.Contains(string(out), "agent status: exit 7") {
-		t.Fatalf("the reaper did not return the agent's status (exit 7 means the agent's own wait and the orphan's reaping both worked)")
+	if !strings.Contains(string(out), "all workloads' statuses seen, all orphans reaped") {
+		t.Fatal("the agent lost a workload's status, or an orphan was not reaped")
 	}
 	if !strings.Contains(string(out), "reaped orphan") {
-		t.Fatal("the orphan was not reaped by the reaper")
+		t.Fatal("the reaper logged no orphan")
 	}
 }
+
+// reapRounds is how many workloads TestReapOrphans starts, one after the
+// other. The race for a workload's status is usually won by its own wait,
+// already blocked when it exits; package reaper's test checks without a
+// race that the reaper leaves such a child alone.
+const reapRounds = 20
 
 func reapHelper(role string) int {
 	self := func(role string) *exec.Cmd {
@@ -105,41 +116,35 @@ func reapHelper(role string) int {
 			return 1
 		}
 		log := slog.New(slog.NewTextHandler(os.Stdout, &slog.HandlerOptions{Level: slog.LevelDebug}))
-		sigs := make(chan os.Signal, 16)
+		sigs := make(chan os.Signal, 1)
 		signal.Notify(sigs, syscall.SIGCHLD)
-		pid, err := syscall.ForkExec(os.Args[0], []string{os.Args[0]}, &syscall.ProcAttr{
-			Env:   append(withoutRole(), reapRole+"=agent"),
-			Files: []uintptr{0, 1, 2},
-		})
-		if err != nil {
-			fmt.Println("fork agent:", err)
-			return 1
-		}
-		fmt.Println("agent status:", exitStatus(reapUntil(pid, sigs, log)))
-		return 0
-	case "agent":
-		// The child prints the grandchild's pid and exits 5 at once.
-		c := self("child")
-		stdout, _ := c.StdoutPipe()
-		if err := c.Start(); err != nil {
-			return 1
-		}
-		line, _ := bufio.NewReader(stdout).ReadString('\n')
-		err := c.Wait()
-		var ee *exec.ExitError
-		if !errors.As(err, &ee) || ee.ExitCode() != 5 {
-			fmt.Println("agent: own child's status lost:", err)
-			return 1
-		}
-		orphan, _ := strconv.Atoi(strings.TrimSpace(line))
-		// The orphan exits at once; it is gone from /proc only once reaped.
-		for deadline := time.Now().Add(20 * time.Second); time.Now().Before(deadline); time.Sleep(5 * time.Millisecond) {
-			if _, err := os.Stat(fmt.Sprintf("/proc/%d", orphan)); os.IsNotExist(err) {
-				return 7
+		ctx, cancel := context.WithCancel(context.Background())
+		defer cancel()
+		go reapOrphans(ctx, sigs, log)
+		for i := range reapRounds {
+			// The workload prints its child's pid and exits 5 at once.
+			c := self("child")
+			stdout, _ := c.StdoutPipe()
+			exited := make(chan error, 1)
+			if err := pdeath.Start(c, nil, func(err error) { exited <- err }); err != nil {
+				fmt.Println("start workload:", err)
+				return 1
+			}
+			line, _ := bufio.NewReader(stdout).ReadString('\n')
+			err := <-exited
+			var ee *exec.ExitError
+			if !errors.As(err, &ee) || ee.ExitCode() != 5 {
+				fmt.Printf("round %d: the workload's status was lost: %v\n", i, err)
+				return 1
+			}
+			orphan, _ := strconv.Atoi(strings.TrimSpace(line))
+			if !gone(orphan, 20*time.Second) {
+				fmt.Printf("round %d: orphan %d never reaped\n", i, orphan)
+				return 1
 			}
 		}
-		fmt.Println("agent: orphan", orphan, "never reaped")
-		return 1
+		fmt.Println("all workloads' statuses seen, all orphans reaped")
+		return 0
 	case "child":
 		g := self("grandchild")
 		if err := g.Start(); err != nil {
@@ -151,6 +156,16 @@ func reapHelper(role string) int {
 		return 0
 	}
 	return 1
+}
+
+// gone reports whether pid leaves /proc (is reaped) within d.
+func gone(pid int, d time.Duration) bool {
+	for deadline := time.Now().Add(d); time.Now().Before(deadline); time.Sleep(2 * time.Millisecond) {
+		if _, err := os.Stat(fmt.Sprintf("/proc/%d", pid)); os.IsNotExist(err) {
+			return true
+		}
+	}
+	return false
 }
 
 func withoutRole() []string {
