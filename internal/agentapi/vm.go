@@ -98,12 +98,12 @@ func CheckStagedName(name string) error {
 	return nil
 }
 
-// The NATS port of a QEMU VM: the agent's own connections to the node's
-// NATS (the one every clone's handshake waits on) go over a virtio-serial
-// port rather than through the user-mode network, each connection a yamux
-// stream on it (internal/vport). In VM metadata the node's NATS is then
-// named by NATSPortURL. Workloads keep reaching NATS through PID 1's
-// forwarder and QEMU's guestfwd (GuestNATSAddr).
+// The NATS port of a QEMU VM, which has no network device: every guest
+// connection to the node's NATS, the agent's own (the one every clone's
+// handshake waits on) and its workloads' (through PID 1's forwarder at
+// WorkloadNATSAddr), is a yamux stream on one virtio-serial port
+// (internal/vport). In VM metadata the node's NATS is then named by
+// NATSPortURL.
 const (
 	NATSPortName = "nex.nats"
 	NATSPortURL  = PortScheme + "://" + NATSPortName + ":4222"
@@ -115,7 +115,9 @@ func IsPortURL(raw string) bool { return strings.HasPrefix(raw, PortScheme+"://"
 
 // Guest-side addresses of the host channel under QEMU user-mode networking
 // (restrict=on with a single guestfwd): the node's internal NATS appears at
-// GuestNATSAddr inside the guest.
+// GuestNATSAddr inside the guest. The qemu driver's guests no longer have a
+// network device (NATSPortURL); the Firecracker test server's guests use
+// this network to stand in for vsock.
 const (
 	GuestIP       = "10.0.2.15"
 	GuestNetmask  = 24

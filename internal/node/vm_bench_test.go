@@ -51,7 +51,7 @@ func BenchmarkVMDeployToFirstReply(b *testing.B) {
 				c.MachinePoolSize = &n
 				c.HandshakeTimeout = config.Duration(3 * time.Minute)
 			}, func(c *config.Config) (driverOf, error) {
-				return qemu.New(qemu.Config{Kernel: img.Kernel, Initrd: img.Initrd, Forwarder: []string{nex, qemu.ForwardSubcommand},
+				return qemu.New(qemu.Config{Kernel: img.Kernel, Initrd: img.Initrd,
 					Snapshot: snap, SnapshotDir: filepath.Join(c.DataDir, "snapshots"), Log: quietLog()})
 			})
 			defer func() { _ = h.node.Stop(h.ctx()) }()

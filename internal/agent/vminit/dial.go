@@ -15,55 +15,45 @@ import (
 	"github.com/nex-engine/nex/internal/vport"
 )
 
-// nodeDial is how the guest's workloads reach the node's NATS at natsURL:
-// over vsock when the URL is a vsock URL (Firecracker: vsock://2:4222, which
-// the host side turns into a connection to the node's NATS), else over TCP
-// to the URL's host:port (QEMU's guestfwd). The NATS port's URL
-// (agentapi.NATSPortURL) is the agent's alone: with it, workloads go
-// through QEMU's guestfwd at agentapi.GuestNATSAddr.
-func nodeDial(natsURL string) (func(ctx context.Context) (net.Conn, error), error) {
-	if agentapi.IsPortURL(natsURL) {
-		natsURL = "nats://" + agentapi.GuestNATSAddr
-	}
-	a, isVsock, err := agentapi.ParseVsockURL(natsURL)
-	if err != nil {
-		return nil, err
-	}
-	if isVsock {
-		return func(ctx context.Context) (net.Conn, error) { return dialVsock(ctx, a) }, nil
-	}
-	u, err := url.Parse(natsURL)
-	if err != nil || u.Host == "" {
-		return nil, fmt.Errorf("nats url %q: no host:port", natsURL)
-	}
-	var d net.Dialer
-	return func(ctx context.Context) (net.Conn, error) { return d.DialContext(ctx, "tcp", u.Host) }, nil
-}
-
-// natsDialer gives the agent's NATS client the NATS port when the URL names
-// it (QEMU), opened with openPort, or the vsock when the node is behind one
-// (Firecracker); nil (nats.go's own TCP dialer) otherwise.
-func natsDialer(natsURL string, openPort func(name string) (io.ReadWriteCloser, error)) (nats.CustomDialer, error) {
+// nodeDialers is how the guest reaches the node's NATS at natsURL: agent is
+// the agent's client's dialer (nil: nats.go's own TCP dialing), workloads
+// is what PID 1's forwarder dials for each workload connection.
+//   - The NATS port's URL (agentapi.NATSPortURL, QEMU, whose guests have
+//     no network device): every connection, the agent's and the
+//     workloads', is a stream of one session on the port, opened with
+//     openPort; the host splices each stream to the node's NATS.
+//   - A vsock URL (Firecracker: vsock://2:4222, which the host side turns
+//     into a connection to the node's NATS).
+//   - Else TCP to the URL's host:port.
+func nodeDialers(natsURL string, openPort func(name string) (io.ReadWriteCloser, error)) (agent nats.CustomDialer, workloads func(ctx context.Context) (net.Conn, error), err error) {
 	if agentapi.IsPortURL(natsURL) {
 		if natsURL != agentapi.NATSPortURL {
-			return nil, fmt.Errorf("nats url %q: want %s", natsURL, agentapi.NATSPortURL)
+			return nil, nil, fmt.Errorf("nats url %q: want %s", natsURL, agentapi.NATSPortURL)
 		}
 		port, err := openPort(agentapi.NATSPortName)
 		if err != nil {
-			return nil, fmt.Errorf("nats port: %w", err)
+			return nil, nil, fmt.Errorf("nats port: %w", err)
 		}
 		d, err := vport.NewDialer(port)
 		if err != nil {
 			port.Close()
-			return nil, fmt.Errorf("nats port: %w", err)
+			return nil, nil, fmt.Errorf("nats port: %w", err)
 		}
-		return d, nil
+		return d, func(context.Context) (net.Conn, error) { return d.Dial("", "") }, nil
 	}
 	a, isVsock, err := agentapi.ParseVsockURL(natsURL)
-	if err != nil || !isVsock {
-		return nil, err
+	if err != nil {
+		return nil, nil, err
 	}
-	return &vsockDialer{addr: a}, nil
+	if isVsock {
+		return &vsockDialer{addr: a}, func(ctx context.Context) (net.Conn, error) { return dialVsock(ctx, a) }, nil
+	}
+	u, err := url.Parse(natsURL)
+	if err != nil || u.Host == "" {
+		return nil, nil, fmt.Errorf("nats url %q: no host:port", natsURL)
+	}
+	var d net.Dialer
+	return nil, func(ctx context.Context) (net.Conn, error) { return d.DialContext(ctx, "tcp", u.Host) }, nil
 }
 
 // vsockDialTimeout bounds one connection attempt; nats.go retries.

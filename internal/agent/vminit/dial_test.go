@@ -3,7 +3,6 @@ package vminit
 import (
 	"context"
 	"errors"
-	"fmt"
 	"io"
 	"log/slog"
 	"net"
@@ -33,9 +32,12 @@ func TestNodeDialTCP(t *testing.T) {
 			c.Close()
 		}
 	}()
-	dial, err := nodeDial("nats://" + ln.Addr().String())
+	agentDial, dial, err := nodeDialers("nats://"+ln.Addr().String(), noPort(t))
 	if err != nil {
 		t.Fatal(err)
+	}
+	if agentDial != nil {
+		t.Fatalf("agent's dialer for a TCP url = %v; want nil (nats.go dials itself)", agentDial)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
@@ -48,32 +50,23 @@ func TestNodeDialTCP(t *testing.T) {
 	if _, err := c.Read(b); err != nil || string(b) != "hi" {
 		t.Fatalf("read %q, %v", b, err)
 	}
-	if d, err := natsDialer("nats://"+ln.Addr().String(), noPort(t)); err != nil || d != nil {
-		t.Fatalf("natsDialer for a TCP url = %v, %v; want nil (nats.go dials itself)", d, err)
-	}
 }
 
 func TestNodeDialVsock(t *testing.T) {
-	if _, err := nodeDial("vsock://2:4222"); err != nil {
-		t.Fatal(err)
-	}
-	d, err := natsDialer("vsock://2:4222", noPort(t))
-	if err != nil || d == nil {
-		t.Fatalf("natsDialer = %v, %v; want the vsock dialer", d, err)
+	d, workloads, err := nodeDialers("vsock://2:4222", noPort(t))
+	if err != nil || d == nil || workloads == nil {
+		t.Fatalf("nodeDialers = %v, %v; want the vsock dialers", d, err)
 	}
 	if vd, ok := d.(*vsockDialer); !ok || vd.addr.CID != 2 || vd.addr.Port != 4222 {
 		t.Fatalf("dialer %#v; want vsock 2:4222", d)
 	}
 	for _, bad := range []string{"vsock://2", "vsock://host:4222"} {
-		if _, err := nodeDial(bad); err == nil || !strings.Contains(err.Error(), "vsock url") {
-			t.Errorf("nodeDial(%q) = %v; want a vsock url error", bad, err)
-		}
-		if _, err := natsDialer(bad, noPort(t)); err == nil {
-			t.Errorf("natsDialer(%q) accepted it", bad)
+		if _, _, err := nodeDialers(bad, noPort(t)); err == nil || !strings.Contains(err.Error(), "vsock url") {
+			t.Errorf("nodeDialers(%q) = %v; want a vsock url error", bad, err)
 		}
 	}
-	if _, err := nodeDial("nats://"); err == nil {
-		t.Error("nodeDial accepted a url without host:port")
+	if _, _, err := nodeDialers("nats://", noPort(t)); err == nil {
+		t.Error("nodeDialers accepted a url without host:port")
 	}
 }
 
@@ -84,10 +77,10 @@ func noPort(t *testing.T) func(string) (io.ReadWriteCloser, error) {
 	}
 }
 
-// The NATS port's URL makes the agent dial streams on the port, which the
-// host's vport.Serve splices to the node; the workloads' forwarder then
-// goes through QEMU's guestfwd.
-func TestNATSDialerOverPort(t *testing.T) {
+// The NATS port's URL makes the agent and the workloads' forwarder dial
+// streams on one session over the port (opened once), which the host's
+// vport.Serve splices to the node, each stream a connection of its own.
+func TestNodeDialersOverPort(t *testing.T) {
 	node := nettest.EchoServer(t)
 	guestEnd, hostEnd := net.Pipe()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
@@ -99,42 +92,56 @@ func TestNATSDialerOverPort(t *testing.T) {
 			return d.DialContext(ctx, "tcp", node.Addr().String())
 		}, slog.New(slog.DiscardHandler))
 	}()
-	var opened string
-	d, err := natsDialer(agentapi.NATSPortURL, func(name string) (io.ReadWriteCloser, error) {
-		opened = name
+	var opened []string
+	d, workloads, err := nodeDialers(agentapi.NATSPortURL, func(name string) (io.ReadWriteCloser, error) {
+		opened = append(opened, name)
 		return guestEnd, nil
 	})
-	if err != nil || opened != agentapi.NATSPortName {
-		t.Fatalf("natsDialer = %v, %v (opened %q)", d, err, opened)
+	if err != nil || len(opened) != 1 || opened[0] != agentapi.NATSPortName {
+		t.Fatalf("nodeDialers = %v, %v (opened %q)", d, err, opened)
 	}
-	for i := range 2 { // a reconnect is a new stream, not the old bytes
-		c, err := d.Dial("tcp", "nex.nats:4222")
-		if err != nil {
-			t.Fatal(err)
-		}
-		msg := fmt.Sprintf("PING %d\r\n", i)
+	echo := func(c net.Conn, msg string) {
+		t.Helper()
 		c.Write([]byte(msg))
 		b := make([]byte, len(msg))
 		if _, err := io.ReadFull(c, b); err != nil || string(b) != msg {
-			t.Fatalf("stream %d read %q, %v", i, b, err)
+			t.Fatalf("read %q, %v; want %q", b, err, msg)
 		}
-		c.Close()
+	}
+	// The agent's connection and a workload's side by side, then a
+	// reconnect of the agent: a new stream, not the old bytes.
+	agentConn, err := d.Dial("tcp", "nex.nats:4222")
+	if err != nil {
+		t.Fatal(err)
+	}
+	wl, err := workloads(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	echo(wl, "workload CONNECT\r\n")
+	echo(agentConn, "agent PING\r\n")
+	agentConn.Close()
+	wl.Close()
+	again, err := d.Dial("tcp", "nex.nats:4222")
+	if err != nil {
+		t.Fatal(err)
+	}
+	echo(again, "PING 2\r\n")
+	again.Close()
+	if len(opened) != 1 {
+		t.Fatalf("ports opened %q; want the one, once", opened)
 	}
 	d.(*vport.Dialer).Close()
 	if err := <-served; err != nil {
 		t.Fatalf("Serve: %v", err)
 	}
 
-	if _, err := natsDialer(agentapi.PortScheme+"://other:4222", noPort(t)); err == nil {
+	if _, _, err := nodeDialers(agentapi.PortScheme+"://other:4222", noPort(t)); err == nil {
 		t.Error("a port url naming another port was taken")
 	}
-	if _, err := natsDialer(agentapi.NATSPortURL, func(string) (io.ReadWriteCloser, error) {
+	if _, _, err := nodeDialers(agentapi.NATSPortURL, func(string) (io.ReadWriteCloser, error) {
 		return nil, errors.New("no such port")
 	}); err == nil || !strings.Contains(err.Error(), "no such port") {
 		t.Errorf("a missing port: err = %v", err)
-	}
-	// Workloads are forwarded through the guestfwd.
-	if _, err := nodeDial(agentapi.NATSPortURL); err != nil {
-		t.Fatal(err)
 	}
 }

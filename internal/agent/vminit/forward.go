@@ -12,8 +12,8 @@ import (
 
 // forward accepts connections on ln and splices each to a connection made
 // by dial, until ctx ends or ln is closed. Workloads in the guest find NATS
-// on ln (127.0.0.1:4222); dial reaches the node (through QEMU's guestfwd,
-// or vsock on Firecracker).
+// on ln (127.0.0.1:4222); dial reaches the node (a stream on the NATS port
+// under QEMU, vsock on Firecracker; nodeDialers).
 func forward(ctx context.Context, ln net.Listener, dial func(context.Context) (net.Conn, error), log *slog.Logger) error {
 	stop := context.AfterFunc(ctx, func() { ln.Close() })
 	defer stop()

@@ -16,6 +16,7 @@ import (
 	"time"
 	"unsafe"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nkeys"
 	"golang.org/x/sys/unix"
 
@@ -71,6 +72,8 @@ type vm struct {
 	via string
 	// workloads is where workloads find NATS (agentapi.WorkloadNATSAddr).
 	workloads net.Listener
+	// agentDial is the agent's NATS client's dialer (nodeDialers).
+	agentDial nats.CustomDialer
 }
 
 // bootSteps is what PID 1 does, in order, before it runs the agent.
@@ -95,7 +98,7 @@ func (v *vm) bootSteps() []step {
 		step{name: "config", run: v.config},
 		step{name: "set clock", run: v.setClock, optional: true},
 		step{name: "seed entropy", run: v.seedEntropy, optional: true},
-		step{name: "nats forwarder", run: v.startForwarder},
+		step{name: "node dialers", run: v.dialNode},
 	)
 }
 
@@ -318,16 +321,25 @@ func (v *vm) listenWorkloads(context.Context) error {
 	return nil
 }
 
-// startForwarder forwards the workloads' connections to the node's address
-// as the guest reaches it (nothing connects before the agent has
-// handshaken, so the connections of a template never come).
-func (v *vm) startForwarder(ctx context.Context) error {
-	dial, err := nodeDial(v.cfg.Metadata.NATSURL)
+// dialNode sets up the guest's ways to the node's NATS (nodeDialers) and
+// starts forwarding the workloads' connections (nothing connects before
+// the agent has handshaken, so the connections of a template never come).
+func (v *vm) dialNode(ctx context.Context) error {
+	agentDial, workloads, err := nodeDialers(v.cfg.Metadata.NATSURL, func(name string) (io.ReadWriteCloser, error) {
+		f, err := v.openPort(ctx, name)
+		if err != nil {
+			return nil, err
+		}
+		// A read of the port while no host is connected is EOF, not the
+		// end of it (eofRetry).
+		return portConn{readWriter{eofRetry{ctx, f}, f}, f}, nil
+	})
 	if err != nil {
 		return err
 	}
+	v.agentDial = agentDial
 	go func() {
-		if err := forward(ctx, v.workloads, dial, v.log); err != nil {
+		if err := forward(ctx, v.workloads, workloads, v.log); err != nil {
 			v.log.Error("nats forwarder", keyError, err)
 		}
 	}()
@@ -485,25 +497,13 @@ func uptime(proc string) time.Duration {
 
 // runAgent runs the agent with the metadata init got, until it is done.
 func (v *vm) runAgent(ctx context.Context, log *slog.Logger) error {
-	dialer, err := natsDialer(v.cfg.Metadata.NATSURL, func(name string) (io.ReadWriteCloser, error) {
-		f, err := v.openPort(ctx, name)
-		if err != nil {
-			return nil, err
-		}
-		// A read of the port while no host is connected is EOF, not the
-		// end of it (eofRetry).
-		return portConn{readWriter{eofRetry{ctx, f}, f}, f}, nil
-	})
-	if err != nil {
-		return fmt.Errorf("nats url: %w", err)
-	}
 	return agent.Run(ctx, agent.Options{
 		Meta:             v.cfg.Metadata,
 		Log:              log,
 		PID1:             true,
 		WorkloadNATSAddr: agentapi.WorkloadNATSAddr,
 		WorkDir:          workDir,
-		Dialer:           dialer,
+		Dialer:           v.agentDial,
 	})
 }
 

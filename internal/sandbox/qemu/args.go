@@ -21,7 +21,6 @@ const (
 	natsSock    = "nats.sock"
 	qmpSock     = "qmp.sock"
 	stageDisk   = "stage.img"
-	fwdSock     = "fwd.sock"
 )
 
 // Guest kernel command line. Every option is there for boot time or
@@ -91,10 +90,6 @@ type machine struct {
 	// TBSizeMiB bounds TCG's translation cache; 0: QEMU's default.
 	TBSizeMiB int
 	TSCkHz    int // 0: unknown, left out
-	// Forwarder is the host command QEMU runs for each guest connection to
-	// the node's NATS at agentapi.GuestNATSAddr ("pass:fwd.sock"
-	// appended: it hands the connection to the driver); see forward.go.
-	Forwarder []string
 	RAM       *ramFile
 	// Incoming makes QEMU wait for QMP migrate-incoming (snapshot clones).
 	Incoming bool
@@ -167,11 +162,6 @@ func (m machine) args() []string {
 		"-initrd", m.Initrd,
 		"-append", cmdline,
 		"-serial", "file:"+consoleFile,
-		// restrict=on: the guest reaches nothing but the one forward to the
-		// node's internal NATS.
-		"-netdev", "user,id=n0,restrict=on,"+
-			GuestForward(agentapi.GuestNATSAddr, m.Forwarder, PassPrefix+fwdSock),
-		"-device", "virtio-net-device,netdev=n0",
 		// The config channel: the driver listens on agent.sock, QEMU dials it.
 		"-device", "virtio-serial-device",
 		"-chardev", "socket,path="+agentSock+",server=off,id=c0",
@@ -179,8 +169,11 @@ func (m machine) args() []string {
 		// The file port (files.go): the driver listens on files.sock too.
 		"-chardev", "socket,path="+filesSock+",server=off,id=c1",
 		"-device", "virtserialport,chardev=c1,name="+agentapi.FilePortName,
-		// The NATS port (internal/vport): the agent's own connections to
-		// the node's NATS, on nats.sock.
+		// The NATS port (internal/vport), on nats.sock: every connection
+		// the guest makes to the node's NATS, the agent's own and (through
+		// PID 1's forwarder) its workloads'. There is no network device:
+		// the guest reaches the node's NATS through this port and nothing
+		// else at all.
 		"-chardev", "socket,path="+natsSock+",server=off,id=c2",
 		"-device", "virtserialport,chardev=c2,name="+agentapi.NATSPortName,
 		// The file port's stage disk (files.go): read-only to the guest,

@@ -27,7 +27,6 @@ func TestArgsGolden(t *testing.T) {
 		Accel:     accel.TCG,
 		TBSizeMiB: 64,
 		TSCkHz:    2445404,
-		Forwarder: []string{"/usr/local/bin/nex", "vm-forward"},
 	}
 	kvm := base
 	kvm.Accel, kvm.VCPU, kvm.MemoryMiB = accel.KVM, 2, 256
@@ -42,7 +41,6 @@ func TestArgsGolden(t *testing.T) {
 	noTSC.TSCkHz = 0
 	comma := clone
 	comma.RAM = &ramFile{Path: "/snap/a,b/ram.img"}
-	comma.Forwarder = []string{"/opt/my nex,v2/nex", "vm-forward"}
 
 	noACPI := clone
 	noACPI.NoACPI = true
@@ -128,9 +126,9 @@ func TestBootSteps(t *testing.T) {
 		steps steps
 		want  string
 	}{
-		{"cold", coldBoot(), "prepare dir, listen config socket, create stage disk, listen file socket, listen forward socket, listen nats port socket, build args, launch, write pid, log machine started, serve config channel"},
-		{"clone", cloneBoot(), "prepare dir, listen config socket, create stage disk, listen file socket, listen forward socket, listen nats port socket, build args, launch, write pid, restore snapshot, log machine started, serve config channel"},
-		{"template", templateBoot(), "prepare dir, listen config socket, create stage disk, listen file socket, listen forward socket, listen nats port socket, build args, launch, write pid, log machine started, await guest ready, save snapshot, quit"},
+		{"cold", coldBoot(), "prepare dir, listen config socket, create stage disk, listen file socket, listen nats port socket, build args, launch, write pid, log machine started, serve config channel"},
+		{"clone", cloneBoot(), "prepare dir, listen config socket, create stage disk, listen file socket, listen nats port socket, build args, launch, write pid, restore snapshot, log machine started, serve config channel"},
+		{"template", templateBoot(), "prepare dir, listen config socket, create stage disk, listen file socket, listen nats port socket, build args, launch, write pid, log machine started, await guest ready, save snapshot, quit"},
 	}
 	for _, tt := range tests {
 		if got := names(tt.steps); got != tt.want {
@@ -169,7 +167,7 @@ func TestDescribe(t *testing.T) {
 	}
 	newDriver := func(snapshot bool) *Driver {
 		d, err := New(Config{Kernel: kernel, Initrd: initrd, Snapshot: snapshot, SnapshotDir: t.TempDir(),
-			Forwarder: []string{"true"}, Log: slog.New(slog.DiscardHandler)})
+			Log: slog.New(slog.DiscardHandler)})
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -24,21 +24,20 @@ type (
 
 // Step names.
 const (
-	stepPrepareDir     = "prepare dir"
-	stepListenConfig   = "listen config socket"
-	stepStageDisk      = "create stage disk"
-	stepListenFiles    = "listen file socket"
-	stepListenForwards = "listen forward socket"
-	stepListenNATS     = "listen nats port socket"
-	stepBuildArgs      = "build args"
-	stepLaunch         = "launch"
-	stepWritePID       = "write pid"
-	stepRestore        = "restore snapshot"
-	stepServeConfig    = "serve config channel"
-	stepAwaitReady     = "await guest ready"
-	stepSaveSnapshot   = "save snapshot"
-	stepQuit           = "quit"
-	stepRunningLogged  = "log machine started"
+	stepPrepareDir    = "prepare dir"
+	stepListenConfig  = "listen config socket"
+	stepStageDisk     = "create stage disk"
+	stepListenFiles   = "listen file socket"
+	stepListenNATS    = "listen nats port socket"
+	stepBuildArgs     = "build args"
+	stepLaunch        = "launch"
+	stepWritePID      = "write pid"
+	stepRestore       = "restore snapshot"
+	stepServeConfig   = "serve config channel"
+	stepAwaitReady    = "await guest ready"
+	stepSaveSnapshot  = "save snapshot"
+	stepQuit          = "quit"
+	stepRunningLogged = "log machine started"
 )
 
 // coldBoot boots the guest from its kernel; the guest says it is ready on the
@@ -49,7 +48,6 @@ func coldBoot() steps {
 		{Name: stepListenConfig, Run: listenConfig},
 		{Name: stepStageDisk, Run: createStageDisk},
 		{Name: stepListenFiles, Run: listenFiles},
-		{Name: stepListenForwards, Run: listenForwards},
 		{Name: stepListenNATS, Run: listenNATSPort},
 		{Name: stepBuildArgs, Run: buildArgs},
 		{Name: stepLaunch, Run: launch},
@@ -103,20 +101,9 @@ func listenConfig(ctx context.Context, v *vm) error {
 	return nil
 }
 
-// listenForwards serves the guest's NATS connections, which QEMU's forward
-// command passes on fwd.sock (forward.go).
-func listenForwards(ctx context.Context, v *vm) error {
-	ln, err := v.listenUnix(fwdSock)
-	if err != nil {
-		return err
-	}
-	v.fwd = ln
-	go serveForwards(ln, dialTCP(v.upstream), v.log)
-	return nil
-}
-
 // listenNATSPort serves the NATS port: QEMU dials nats.sock as it starts,
-// and every stream the guest's agent opens on that connection is spliced
+// and every stream the guest opens on that connection (the agent's own
+// connections and, through PID 1's forwarder, its workloads') is spliced
 // to the node's NATS.
 func listenNATSPort(ctx context.Context, v *vm) error {
 	ln, err := v.listenUnix(natsSock)
@@ -124,10 +111,10 @@ func listenNATSPort(ctx context.Context, v *vm) error {
 		return err
 	}
 	v.nats = ln
-	node := dialTCP(v.upstream)
 	dial := func(ctx context.Context) (net.Conn, error) {
 		v.portConns.Add(1)
-		return node(ctx)
+		var d net.Dialer
+		return d.DialContext(ctx, "tcp", v.upstream)
 	}
 	go func() {
 		for {

@@ -1,9 +1,9 @@
 // Package qemu is the QEMU microVM sandbox driver: each sandbox is a
 // `qemu-system-x86_64 -M microvm` guest booted from nex's own guest image,
 // accelerated by KVM where the host really has it and emulated (TCG)
-// otherwise. The guest reaches nothing but the node's internal NATS (user-mode
-// networking, restrict=on, one guestfwd), and learns who it is over a
-// virtio-serial config channel after it has booted, which is what lets one
+// otherwise. The guest has no network device: it reaches the node's internal
+// NATS over a virtio-serial port (internal/vport) and nothing else, and
+// learns who it is over a virtio-serial config channel after it has booted, which is what lets one
 // booted and snapshotted guest be restored many times as fresh clones
 // (Config.Snapshot).
 //
@@ -63,10 +63,6 @@ type Config struct {
 	// instead of booting each one; templates live under SnapshotDir.
 	Snapshot    bool
 	SnapshotDir string
-	// Forwarder is the host command QEMU runs for each guest connection to
-	// the node's NATS, given host:port as its last argument; default: this
-	// executable's vm-forward subcommand (the node is the nex binary).
-	Forwarder []string
 	// BootTimeout bounds QEMU start → the guest's ready line on the config
 	// channel.
 	BootTimeout time.Duration
@@ -128,13 +124,6 @@ func New(c Config) (*Driver, error) {
 	}
 	if c.Log == nil {
 		c.Log = slog.Default()
-	}
-	if len(c.Forwarder) == 0 {
-		fwd, err := defaultForwarder()
-		if err != nil {
-			return nil, err
-		}
-		c.Forwarder = fwd
 	}
 	d := &Driver{
 		cfg:       c,
@@ -204,8 +193,8 @@ func (d *Driver) Start(ctx context.Context, spec sandbox.Spec) (sandbox.Sandbox,
 		return nil, fmt.Errorf("start vm %s: %w", spec.ID, err)
 	}
 	guest := spec.Agent
-	// The agent's own connections go over the NATS port; its workloads'
-	// through the guestfwd (agentapi.NATSPortURL).
+	// The agent's connections, and its workloads', go over the NATS port
+	// (agentapi.NATSPortURL).
 	guest.NATSURL = agentapi.NATSPortURL
 
 	shape := d.shapeOf(spec)

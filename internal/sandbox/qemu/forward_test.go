@@ -3,18 +3,15 @@ package qemu
 import (
 	"bufio"
 	"context"
-	"fmt"
 	"io"
 	"net"
 	"os"
 	"path/filepath"
-	"strings"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/nex-engine/nex/internal/nettest"
-	"github.com/nex-engine/nex/internal/sandbox/sandboxtest"
 )
 
 // TestForward splices a unix socketpair end (what QEMU hands the forward
@@ -91,73 +88,6 @@ func TestGuestForward(t *testing.T) {
 	}
 }
 
-// TestForwardPass hands a guest connection over a forward server's socket,
-// as `nex vm-forward pass:fwd.sock` does, and checks that the server splices
-// it to the upstream both ways (with the half-close) after the handing
-// process has let go of its copy; and that a connection whose upstream is
-// down is closed, not left hanging.
-func TestForwardPass(t *testing.T) {
-	up := nettest.ReplyServer(t, "tcp", "127.0.0.1:0", "got ")
-	dir := t.TempDir()
-	servers := 0
-	serve := func(upstream string) string {
-		servers++
-		sock := filepath.Join(dir, fmt.Sprintf("fwd%d.sock", servers))
-		ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: sock, Net: "unix"})
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { ln.Close() })
-		go serveForwards(ln, dialTCP(upstream), sandboxtest.Log(t))
-		return sock
-	}
-	// pass plays QEMU and the forward command: a socket pair, one end
-	// handed over and closed here.
-	pass := func(sock string) net.Conn {
-		guest, stdio := socketPair(t)
-		if err := passConn(context.Background(), sock, stdio); err != nil {
-			t.Fatal(err)
-		}
-		stdio.Close()
-		guest.SetDeadline(time.Now().Add(10 * time.Second))
-		return guest
-	}
-
-	sock := serve(up.Addr().String())
-	notSocket, err := os.Open(filepath.Join(dir))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer notSocket.Close()
-	if err := passConn(context.Background(), sock, notSocket); err == nil || !strings.Contains(err.Error(), "not a socket") {
-		t.Fatalf("passing a directory: %v; want a refusal", err)
-	}
-	for i := range 3 {
-		guest := pass(sock)
-		msg := fmt.Sprintf("hello %d", i)
-		if _, err := guest.Write([]byte(msg)); err != nil {
-			t.Fatal(err)
-		}
-		guest.(*net.UnixConn).CloseWrite()
-		reply, err := io.ReadAll(guest)
-		guest.Close()
-		if err != nil || string(reply) != "got "+msg {
-			t.Fatalf("reply %q, %v; want %q", reply, err, "got "+msg)
-		}
-	}
-
-	down, _ := net.Listen("tcp", "127.0.0.1:0")
-	downAddr := down.Addr().String()
-	down.Close()
-	guest := pass(serve(downAddr))
-	defer guest.Close()
-	if b, err := io.ReadAll(guest); err != nil || len(b) != 0 {
-		t.Fatalf("with the upstream down the guest read %q, %v; want the connection closed", b, err)
-	}
-}
-
-// socketPair is what QEMU gives a forward command: a connected unix socket
-// pair, the guest's end and the command's stdin/stdout.
 func socketPair(t *testing.T) (guest net.Conn, stdio *os.File) {
 	t.Helper()
 	fds, err := syscall.Socketpair(syscall.AF_UNIX, syscall.SOCK_STREAM, 0)

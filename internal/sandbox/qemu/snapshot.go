@@ -278,7 +278,7 @@ func (d *Driver) templateKey(s Shape) (key, gen string, err error) {
 	// line, devices) are in the key too: a clone must run on the machine its
 	// template was saved on. Paths and the node's port are not.
 	m := d.machine("", s)
-	m.Kernel, m.Initrd, m.Forwarder, m.RAM = "", "", nil, &ramFile{Path: ramImage}
+	m.Kernel, m.Initrd, m.RAM = "", "", &ramFile{Path: ramImage}
 	machineArgs := m.args()
 	h := sha256.New()
 	fmt.Fprintln(h, gen, s.VCPU, s.MemoryMiB, strings.Join(machineArgs, "\x00"))

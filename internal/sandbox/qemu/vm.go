@@ -39,13 +39,11 @@ type vm struct {
 	guestMeta *agentapi.Metadata
 
 	ln *net.UnixListener
-	// fwd takes the guest's NATS connections from the forward commands;
-	// upstream is the node's NATS (host:port) they are spliced to.
-	fwd      *net.UnixListener
+	// nats takes QEMU's connection to the NATS port, the guest's NATS
+	// connections multiplexed on it (internal/vport); upstream is the
+	// node's NATS (host:port) each is spliced to.
+	nats     *net.UnixListener
 	upstream string
-	// nats takes QEMU's connection to the NATS port, the agent's own
-	// NATS connections multiplexed on it (internal/vport).
-	nats *net.UnixListener
 	// portConns counts the guest's connections over the NATS port.
 	portConns atomic.Int64
 	// files is the host end of the file port (Stage).
@@ -83,7 +81,6 @@ func (d *Driver) machine(id string, s Shape) machine {
 		Accel:     d.accel.Accel,
 		TBSizeMiB: tbSizeMiB,
 		TSCkHz:    d.tsc,
-		Forwarder: d.cfg.Forwarder,
 		NoACPI:    d.noACPI,
 	}
 }
@@ -123,15 +120,12 @@ func (v *vm) launch() error {
 	return err
 }
 
-// closeChannels closes the host ends of the config, file and NATS ports,
-// and the forward server: their accepts and reads end here. The guest's spliced
-// NATS connections end as QEMU's ends of them close.
+// closeChannels closes the host ends of the config, file and NATS ports:
+// their accepts and reads end here. The guest's spliced NATS connections
+// end as QEMU's ends of them close.
 func (v *vm) closeChannels() {
 	if v.ln != nil {
 		v.ln.Close()
-	}
-	if v.fwd != nil {
-		v.fwd.Close()
 	}
 	if v.nats != nil {
 		v.nats.Close()
@@ -195,7 +189,7 @@ func (v *vm) listenUnix(name string) (*net.UnixListener, error) {
 // removeStale deletes sockets a previous run may have left in the directory;
 // a stale agent.sock or files.sock would make listen fail.
 func (v *vm) removeStale() error {
-	for _, name := range []string{agentSock, filesSock, natsSock, fwdSock, qmpSock} {
+	for _, name := range []string{agentSock, filesSock, natsSock, qmpSock} {
 		if err := os.Remove(v.path(name)); err != nil && !errors.Is(err, os.ErrNotExist) {
 			return err
 		}

@@ -44,10 +44,11 @@ func startReady(t *testing.T, ctx context.Context, d *Driver, a *sandboxtest.Age
 }
 
 // TestGuestIsolation deploys a probe into a VM: from inside, the node's NATS
-// is reachable (through the guest forward, and through the agent's
-// 127.0.0.1:4222) and nothing else is: not a host service on loopback, not
-// the host's NATS port by the gateway address, not slirp's DNS, not the
-// outside world.
+// is reachable through PID 1's 127.0.0.1:4222 (and the NATS port behind
+// it) and nothing else is: the guest has no network device, so not a host
+// service on loopback, not the host's NATS port by the address user-mode
+// networking would give it, not a DNS server, not the outside world, nor
+// the old guestfwd address.
 func TestGuestIsolation(t *testing.T) {
 	requireVM(t)
 	inColdAndCloned(t, vmSetup(t), testIsolation)
@@ -99,15 +100,15 @@ func testIsolation(t *testing.T, d *Driver) {
 	natsPort := u.Port()
 
 	ag := h.AddAgent("iso" + strings.ReplaceAll(t.Name(), "/", ""))
-	startReady(t, ctx, d, ag)
+	sb := startReady(t, ctx, d, ag)
 
 	probe, err := os.ReadFile(netprobe(t))
 	if err != nil {
 		t.Fatal(err)
 	}
 	want := map[string]string{
-		"tcp/" + agentapi.GuestNATSAddr:    "open INFO", // the node's NATS, by its guest address
-		"tcp/" + agentapi.WorkloadNATSAddr: "open INFO", // the same, through the agent's forwarder
+		"tcp/" + agentapi.GuestNATSAddr:    "closed",    // the guestfwd address of old: no network
+		"tcp/" + agentapi.WorkloadNATSAddr: "open INFO", // the node's NATS, through PID 1's forwarder
 		"tcp/10.0.2.2:" + hostPort:         "closed",    // a host service on loopback
 		"tcp/10.0.2.2:" + natsPort:         "closed",    // the node's NATS, not via the forward
 		"tcp/10.0.2.2:22":                  "closed",
@@ -138,6 +139,11 @@ func testIsolation(t *testing.T, d *Driver) {
 		if !strings.HasPrefix(got[target], w) {
 			t.Errorf("from the guest, %s: %q; want %s", target, got[target], w)
 		}
+	}
+	// The probe's connection to 127.0.0.1:4222 came over the NATS port,
+	// as the agent's did.
+	if n := sb.(*vm).portConns.Load(); n < 2 {
+		t.Errorf("%d connections over the NATS port; want the agent's and the probe's", n)
 	}
 	ln.Close()
 	accepted.Wait()

@@ -80,13 +80,13 @@ func testStage(t *testing.T, d *Driver) {
 	if err := ag.WaitLog(ctx, "stdout", "probes done"); err != nil {
 		t.Fatal(err)
 	}
-	// The guest's NATS connections (the agent's, the probe's through the
-	// agent) are spliced by the driver: no forward command stays behind
+	// The guest's NATS connections are spliced by the driver: no forward command stays behind
 	// for them on the host (BenchmarkIdleMemory's helpers).
 	if pids := helperPIDs(sb.(*vm)); len(pids) > 0 {
 		t.Fatalf("host processes %v besides QEMU run in the VM's dir", pids)
 	}
-	// The agent reached the node over the NATS port, not the guestfwd.
+	// The agent reached the node over the NATS port: the guest has no
+	// other way.
 	if n := sb.(*vm).portConns.Load(); n < 1 {
 		t.Fatalf("%d connections over the NATS port; want the agent's", n)
 	}

@@ -29,7 +29,7 @@ func requireVM(tb testing.TB) {
 }
 
 // vmAssets are built once per test binary and shared by every VM test and
-// benchmark: a static nex (the guest's /init and the host's vm-forward) and
+// benchmark: a static nex (the guest's /init) and
 // the guest image around it.
 type vmAssets struct {
 	nex string
@@ -46,10 +46,9 @@ func vmSetup(tb testing.TB) vmAssets {
 func (a vmAssets) driver(tb testing.TB, mod func(*Config)) *Driver {
 	tb.Helper()
 	c := Config{
-		Kernel:    a.img.Kernel,
-		Initrd:    a.img.Initrd,
-		Forwarder: []string{a.nex, ForwardSubcommand},
-		Log:       sandboxtest.Log(tb),
+		Kernel: a.img.Kernel,
+		Initrd: a.img.Initrd,
+		Log:    sandboxtest.Log(tb),
 	}
 	if mod != nil {
 		mod(&c)
