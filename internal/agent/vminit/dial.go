@@ -3,7 +3,6 @@ package vminit
 import (
 	"context"
 	"fmt"
-	"io"
 	"net"
 	"net/url"
 	"time"
@@ -20,23 +19,18 @@ import (
 // is what PID 1's forwarder dials for each workload connection.
 //   - The NATS port's URL (agentapi.NATSPortURL, QEMU, whose guests have
 //     no network device): every connection, the agent's and the
-//     workloads', is a stream of one session on the port, opened with
-//     openPort; the host splices each stream to the node's NATS.
+//     workloads', is a stream of one session on the port, which natsPort
+//     gives; the host splices each stream to the node's NATS.
 //   - A vsock URL (Firecracker: vsock://2:4222, which the host side turns
 //     into a connection to the node's NATS).
 //   - Else TCP to the URL's host:port.
-func nodeDialers(natsURL string, openPort func(name string) (io.ReadWriteCloser, error)) (agent nats.CustomDialer, workloads func(ctx context.Context) (net.Conn, error), err error) {
+func nodeDialers(natsURL string, natsPort func() (*vport.Dialer, error)) (agent nats.CustomDialer, workloads func(ctx context.Context) (net.Conn, error), err error) {
 	if agentapi.IsPortURL(natsURL) {
 		if natsURL != agentapi.NATSPortURL {
 			return nil, nil, fmt.Errorf("nats url %q: want %s", natsURL, agentapi.NATSPortURL)
 		}
-		port, err := openPort(agentapi.NATSPortName)
+		d, err := natsPort()
 		if err != nil {
-			return nil, nil, fmt.Errorf("nats port: %w", err)
-		}
-		d, err := vport.NewDialer(port)
-		if err != nil {
-			port.Close()
 			return nil, nil, fmt.Errorf("nats port: %w", err)
 		}
 		return d, func(context.Context) (net.Conn, error) { return d.Dial("", "") }, nil

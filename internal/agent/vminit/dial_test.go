@@ -70,9 +70,9 @@ func TestNodeDialVsock(t *testing.T) {
 	}
 }
 
-func noPort(t *testing.T) func(string) (io.ReadWriteCloser, error) {
-	return func(name string) (io.ReadWriteCloser, error) {
-		t.Errorf("port %s opened for a url that does not name it", name)
+func noPort(t *testing.T) func() (*vport.Dialer, error) {
+	return func() (*vport.Dialer, error) {
+		t.Error("the NATS port's session asked for by a url that does not name it")
 		return nil, errors.New("no port")
 	}
 }
@@ -92,13 +92,13 @@ func TestNodeDialersOverPort(t *testing.T) {
 			return d.DialContext(ctx, "tcp", node.Addr().String())
 		}, slog.New(slog.DiscardHandler))
 	}()
-	var opened []string
-	d, workloads, err := nodeDialers(agentapi.NATSPortURL, func(name string) (io.ReadWriteCloser, error) {
-		opened = append(opened, name)
-		return guestEnd, nil
+	opened := 0
+	d, workloads, err := nodeDialers(agentapi.NATSPortURL, func() (*vport.Dialer, error) {
+		opened++
+		return vport.NewDialer(guestEnd)
 	})
-	if err != nil || len(opened) != 1 || opened[0] != agentapi.NATSPortName {
-		t.Fatalf("nodeDialers = %v, %v (opened %q)", d, err, opened)
+	if err != nil || opened != 1 {
+		t.Fatalf("nodeDialers = %v, %v (session asked for %d times)", d, err, opened)
 	}
 	echo := func(c net.Conn, msg string) {
 		t.Helper()
@@ -128,8 +128,8 @@ func TestNodeDialersOverPort(t *testing.T) {
 	}
 	echo(again, "PING 2\r\n")
 	again.Close()
-	if len(opened) != 1 {
-		t.Fatalf("ports opened %q; want the one, once", opened)
+	if opened != 1 {
+		t.Fatalf("session asked for %d times; want once", opened)
 	}
 	d.(*vport.Dialer).Close()
 	if err := <-served; err != nil {
@@ -139,7 +139,7 @@ func TestNodeDialersOverPort(t *testing.T) {
 	if _, _, err := nodeDialers(agentapi.PortScheme+"://other:4222", noPort(t)); err == nil {
 		t.Error("a port url naming another port was taken")
 	}
-	if _, _, err := nodeDialers(agentapi.NATSPortURL, func(string) (io.ReadWriteCloser, error) {
+	if _, _, err := nodeDialers(agentapi.NATSPortURL, func() (*vport.Dialer, error) {
 		return nil, errors.New("no such port")
 	}); err == nil || !strings.Contains(err.Error(), "no such port") {
 		t.Errorf("a missing port: err = %v", err)

@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"net"
 	"os"
@@ -24,6 +23,7 @@ import (
 	"github.com/nex-engine/nex/internal/agentapi"
 	"github.com/nex-engine/nex/internal/guestimage"
 	"github.com/nex-engine/nex/internal/reaper"
+	"github.com/nex-engine/nex/internal/vport"
 )
 
 // debugEnv, set on the kernel command line (nex_debug=1), turns on debug
@@ -72,6 +72,8 @@ type vm struct {
 	via string
 	// workloads is where workloads find NATS (agentapi.WorkloadNATSAddr).
 	workloads net.Listener
+	// natsPort is the NATS port's session, opened before the config.
+	natsPort *natsPort
 	// agentDial is the agent's NATS client's dialer (nodeDialers).
 	agentDial nats.CustomDialer
 }
@@ -94,6 +96,7 @@ func (v *vm) bootSteps() []step {
 		step{name: "listen for workloads", run: v.listenWorkloads},
 		step{name: "serve file port", run: v.serveFiles, optional: true},
 		step{name: "work dir", run: makeWorkDir},
+		step{name: "open nats port", run: v.openNATSPort},
 		step{name: "warm up", run: v.warmUp, optional: true},
 		step{name: "config", run: v.config},
 		step{name: "set clock", run: v.setClock, optional: true},
@@ -321,19 +324,61 @@ func (v *vm) listenWorkloads(context.Context) error {
 	return nil
 }
 
+// openNATSPort starts the guest's session on the NATS port, in the
+// background: it needs no identity, so a snapshot template has it open
+// (and the code that opens it run) before it is saved, and its clones only
+// open streams on it. A VM without the port (Firecracker, or a QEMU guest
+// booted by other means) never uses it: its NATS URL names no port.
+func (v *vm) openNATSPort(ctx context.Context) error {
+	if !hasVirtioDevice(v.p.sysfs, virtioConsoleID) {
+		return nil
+	}
+	p := &natsPort{opened: make(chan struct{})}
+	v.natsPort = p
+	go func() {
+		defer close(p.opened)
+		f, err := v.openPort(ctx, agentapi.NATSPortName)
+		if err != nil {
+			p.err = err
+			return
+		}
+		// A read of the port while no host is connected is EOF, not the
+		// end of it (eofRetry).
+		port := portConn{readWriter{eofRetry{ctx, f}, f}, f}
+		if p.d, p.err = vport.NewDialer(port); p.err != nil {
+			port.Close()
+		}
+	}()
+	return nil
+}
+
+// natsPort is the session openNATSPort starts: d or err once opened is
+// closed.
+type natsPort struct {
+	opened chan struct{}
+	d      *vport.Dialer
+	err    error
+}
+
+// session waits for the NATS port's session.
+func (v *vm) session(ctx context.Context) (*vport.Dialer, error) {
+	p := v.natsPort
+	if p == nil {
+		return nil, errors.New("the VM has no virtio-serial device")
+	}
+	select {
+	case <-p.opened:
+		return p.d, p.err
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+}
+
 // dialNode sets up the guest's ways to the node's NATS (nodeDialers) and
 // starts forwarding the workloads' connections (nothing connects before
 // the agent has handshaken, so the connections of a template never come).
 func (v *vm) dialNode(ctx context.Context) error {
-	agentDial, workloads, err := nodeDialers(v.cfg.Metadata.NATSURL, func(name string) (io.ReadWriteCloser, error) {
-		f, err := v.openPort(ctx, name)
-		if err != nil {
-			return nil, err
-		}
-		// A read of the port while no host is connected is EOF, not the
-		// end of it (eofRetry).
-		return portConn{readWriter{eofRetry{ctx, f}, f}, f}, nil
-	})
+	agentDial, workloads, err := nodeDialers(v.cfg.Metadata.NATSURL, func() (*vport.Dialer, error) { return v.session(ctx) })
 	if err != nil {
 		return err
 	}

@@ -19,7 +19,7 @@ func TestBootStepsTable(t *testing.T) {
 	// template is saved right then), clock and entropy before the agent
 	// runs, after the last step.
 	want := []string{"mount /proc", "mount /sys", "mount /dev", "mount /tmp", "mount /run", "load modules",
-		"loopback up", "network eth0", "listen for workloads", "serve file port", "work dir", "warm up", "config", "set clock", "seed entropy", "node dialers"}
+		"loopback up", "network eth0", "listen for workloads", "serve file port", "work dir", "open nats port", "warm up", "config", "set clock", "seed entropy", "node dialers"}
 	if !reflect.DeepEqual(names, want) {
 		t.Fatalf("boot steps %v\nwant       %v", names, want)
 	}
