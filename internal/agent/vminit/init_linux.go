@@ -184,11 +184,13 @@ func linkUp(name string) func(context.Context) error {
 	return func(context.Context) error { return ifUp(name) }
 }
 
-// network gives the guest its fixed address on QEMU's user-mode network.
-// A VM without a virtio-net device (Firecracker on vsock) skips it.
+// network gives the guest its fixed address on QEMU's user-mode network,
+// which only the Firecracker test server's guests have (it stands in for
+// vsock there). A VM without a virtio-net device (the qemu driver's, which
+// reach NATS over the NATS port; Firecracker's, over vsock) skips it.
 func (v *vm) network(ctx context.Context) error {
 	if !hasVirtioDevice(v.p.sysfs, virtioNet) {
-		v.log.Info("no virtio-net device; no network")
+		v.log.Debug("no virtio-net device; no network")
 		return nil
 	}
 	ctx, cancel := context.WithTimeout(ctx, ethWait)

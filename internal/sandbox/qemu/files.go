@@ -23,8 +23,8 @@ import (
 // as it does agent.sock, and the connection stays for the VM's life. Stage
 // pushes a deploy's artifact over it into the guest's tmpfs, where PID 1
 // writes it: virtio-serial moves hundreds of MB/s here, the agent's NATS
-// download through user-mode networking tens, and the agent need not hash
-// what the node verified. A snapshot template listens on its own files.sock
+// download (chunked requests, then a hash under emulation) far less, and
+// the agent need not hash what the node verified. A snapshot template listens on its own files.sock
 // and is saved before any file is sent; each clone's QEMU dials the clone's
 // socket.
 
