@@ -85,30 +85,28 @@ func TestTSCkHzFrom(t *testing.T) {
 	}
 }
 
-func TestNATSHostPort(t *testing.T) {
+func TestNATSUpstream(t *testing.T) {
 	tests := []struct {
-		url     string
-		host    string
-		port    int
-		wantErr string
+		url, want, wantErr string
 	}{
-		{"nats://127.0.0.1:41339", "127.0.0.1", 41339, ""},
-		{"nats://localhost:4222", "127.0.0.1", 4222, ""},
-		{"nats://127.0.0.1", "127.0.0.1", 4222, ""},
-		{"nats://node.example:4222", "", 0, "needs an IPv4 address"},
-		{"nats://[::1]:4222", "", 0, "needs an IPv4 address"},
-		{"nats://127.0.0.1:0", "", 0, "bad port"},
+		{"nats://127.0.0.1:41339", "127.0.0.1:41339", ""},
+		{"nats://localhost:4222", "localhost:4222", ""},
+		{"nats://127.0.0.1", "127.0.0.1:4222", ""},
+		{"nats://node.example:4222", "node.example:4222", ""},
+		{"nats://[::1]:4222", "[::1]:4222", ""},
+		{"nats://127.0.0.1:0", "", "bad port"},
+		{"nats://:4222", "", "no host"},
 	}
 	for _, tt := range tests {
-		host, port, err := natsHostPort(tt.url)
+		got, err := natsUpstream(tt.url)
 		if tt.wantErr != "" {
 			if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
-				t.Errorf("natsHostPort(%q) error = %v, want %q", tt.url, err, tt.wantErr)
+				t.Errorf("natsUpstream(%q) error = %v, want %q", tt.url, err, tt.wantErr)
 			}
 			continue
 		}
-		if err != nil || host != tt.host || port != tt.port {
-			t.Errorf("natsHostPort(%q) = %q, %d, %v; want %q, %d", tt.url, host, port, err, tt.host, tt.port)
+		if err != nil || got != tt.want {
+			t.Errorf("natsUpstream(%q) = %q, %v; want %q", tt.url, got, err, tt.want)
 		}
 	}
 }

@@ -188,7 +188,7 @@ func (d *Driver) Start(ctx context.Context, spec sandbox.Spec) (sandbox.Sandbox,
 	if spec.ID == "" || spec.Dir == "" {
 		return nil, fmt.Errorf("start vm: spec needs an ID and a Dir (got %q, %q)", spec.ID, spec.Dir)
 	}
-	host, port, err := natsHostPort(spec.Agent.NATSURL)
+	upstream, err := natsUpstream(spec.Agent.NATSURL)
 	if err != nil {
 		return nil, fmt.Errorf("start vm %s: %w", spec.ID, err)
 	}
@@ -199,7 +199,7 @@ func (d *Driver) Start(ctx context.Context, spec sandbox.Spec) (sandbox.Sandbox,
 
 	shape := d.shapeOf(spec)
 	v := d.newVM(spec.ID, spec.Dir, shape)
-	v.upstream = net.JoinHostPort(host, strconv.Itoa(port))
+	v.upstream = upstream
 	v.guestMeta = &guest
 	ctx, cancel := context.WithTimeout(ctx, d.cfg.BootTimeout)
 	defer cancel()
@@ -226,28 +226,25 @@ func (d *Driver) Start(ctx context.Context, spec sandbox.Spec) (sandbox.Sandbox,
 	return v, nil
 }
 
-// natsHostPort turns the internal server's URL into the host side of the
-// guest's forward. Slirp forwards to an IP, so "localhost" is spelled out.
-func natsHostPort(raw string) (string, int, error) {
+// natsUpstream turns the internal server's URL into the host:port that the
+// driver dials for each of the guest's NATS connections (4222 when the URL
+// names no port).
+func natsUpstream(raw string) (string, error) {
 	u, err := url.Parse(raw)
 	if err != nil {
-		return "", 0, fmt.Errorf("agent nats url %q: %w", raw, err)
+		return "", fmt.Errorf("agent nats url %q: %w", raw, err)
 	}
 	host, p := u.Hostname(), u.Port()
+	if host == "" {
+		return "", fmt.Errorf("agent nats url %q: no host", raw)
+	}
 	if p == "" {
 		p = "4222"
 	}
-	port, err := strconv.Atoi(p)
-	if err != nil || port <= 0 || port > 65535 {
-		return "", 0, fmt.Errorf("agent nats url %q: bad port", raw)
+	if port, err := strconv.Atoi(p); err != nil || port <= 0 || port > 65535 {
+		return "", fmt.Errorf("agent nats url %q: bad port", raw)
 	}
-	if host == "localhost" {
-		host = "127.0.0.1"
-	}
-	if net.ParseIP(host).To4() == nil {
-		return "", 0, fmt.Errorf("agent nats url %q: the guest forward needs an IPv4 address, got %q", raw, host)
-	}
-	return host, port, nil
+	return net.JoinHostPort(host, p), nil
 }
 
 // binary resolves the QEMU executable.

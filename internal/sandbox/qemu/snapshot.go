@@ -49,9 +49,9 @@ const (
 	genFile = "generation"
 )
 
-// templatePort is the host port of a template's guest forward. The template
-// guest never dials NATS (it has no identity yet), and a forward's host side
-// is not part of the migrated state: each clone forwards to its own node.
+// templatePort is the port of a template's NATS upstream. The template guest
+// never dials NATS (it has no identity yet), and the host side of its NATS
+// port is not part of the migrated state: each clone's is its own node's.
 const templatePort = 4222
 
 type template struct {
