@@ -3,9 +3,9 @@
 // accelerated by KVM where the host really has it and emulated (TCG)
 // otherwise. The guest has no network device: it reaches the node's internal
 // NATS over a virtio-serial port (internal/vport) and nothing else, and
-// learns who it is over a virtio-serial config channel after it has booted, which is what lets one
-// booted and snapshotted guest be restored many times as fresh clones
-// (Config.Snapshot).
+// learns who it is over a virtio-serial config channel after it has
+// booted, which is what lets one booted and snapshotted guest be restored
+// many times as fresh clones (Config.Snapshot).
 //
 // Every choice of command line and every figure behind it is in
 // shared/notes/microvm-on-this-host.md.

@@ -24,9 +24,9 @@ import (
 // pushes a deploy's artifact over it into the guest's tmpfs, where PID 1
 // writes it: virtio-serial moves hundreds of MB/s here, the agent's NATS
 // download (chunked requests, then a hash under emulation) far less, and
-// the agent need not hash what the node verified. A snapshot template listens on its own files.sock
-// and is saved before any file is sent; each clone's QEMU dials the clone's
-// socket.
+// the agent need not hash what the node verified. A snapshot template
+// listens on its own files.sock and is saved before any file is sent; each
+// clone's QEMU dials the clone's socket.
 
 // Bounds of one transfer: a guest that stops reading must not hold a
 // deploy. The floor rate is far below what the port moves even under TCG on
