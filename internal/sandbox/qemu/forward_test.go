@@ -88,27 +88,22 @@ func TestGuestForward(t *testing.T) {
 	}
 }
 
-func socketPair(t *testing.T) (guest net.Conn, stdio *os.File) {
+// stdioPair is a unix socket pair as QEMU makes one for a forward
+// command: the guest's end, and the command's stdin/stdout.
+func stdioPair(t *testing.T) (guest, stdio net.Conn) {
 	t.Helper()
 	fds, err := syscall.Socketpair(syscall.AF_UNIX, syscall.SOCK_STREAM, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
-	guest, err = net.FileConn(os.NewFile(uintptr(fds[0]), "guest"))
-	if err != nil {
-		t.Fatal(err)
+	conn := func(fd int, name string) net.Conn {
+		f := os.NewFile(uintptr(fd), name)
+		defer f.Close() // FileConn holds its own copy
+		c, err := net.FileConn(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return c
 	}
-	return guest, os.NewFile(uintptr(fds[1]), "stdio")
-}
-
-// stdioPair is socketPair with the command's end as a connection.
-func stdioPair(t *testing.T) (guest, stdio net.Conn) {
-	t.Helper()
-	guest, f := socketPair(t)
-	defer f.Close()
-	stdio, err := net.FileConn(f)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return guest, stdio
+	return conn(fds[0], "guest"), conn(fds[1], "stdio")
 }
