@@ -16,7 +16,6 @@ import (
 	"unsafe"
 
 	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nkeys"
 	"golang.org/x/sys/unix"
 
 	"github.com/nex-engine/nex/internal/agent"
@@ -394,13 +393,16 @@ func (v *vm) dialNode(ctx context.Context) error {
 }
 
 // warmUp fills, before init says it is ready, the caches that the code run
-// once the config arrives builds on first use: encoding/json's codecs of the
-// config, the metadata and the agent's handshake, and ed25519's base-point
-// table (deriving the agent's nkey, signing the server's nonce; the key here
-// is a throwaway one). They are memory, so a snapshot template holds them.
-// A clone must translate again (TCG) all the code it runs, and first runs
-// are what cost most under emulation, but it need not also rebuild what is
-// already there.
+// once the config arrives builds on first use: the agent's whole way to its
+// handshake (agent.WarmUp: nats.go's connect, with an nkey signature, its
+// subscriptions and the handshake request, against a peer it plays on a
+// pipe) and encoding/json's codecs of the config. They are memory, so a
+// snapshot template holds them. A clone must translate again (TCG) all the
+// code it runs, and first runs are what cost most under emulation, but it
+// need not also rebuild what is already there. Running the agent's
+// connection here took a clone's restore → handshake from 0.38–0.44 to
+// 0.33–0.37 s (BenchmarkCloneRestore, run alternately with the earlier
+// warm-up of the nkey and JSON alone).
 //
 // Whatever is derived from randomness before the config is shared by every
 // clone of a snapshot template, so nothing secret or identifying is:
@@ -412,13 +414,10 @@ func (v *vm) dialNode(ctx context.Context) error {
 //     its request tokens are seeded from the clock, set from the host
 //     before the agent runs;
 //   - the Go runtime's hash seeds and math/rand state carry no secrets.
-func (v *vm) warmUp(context.Context) error {
-	if kp, err := nkeys.FromRawSeed(nkeys.PrefixByteUser, make([]byte, 32)); err == nil {
-		_, _ = kp.Sign([]byte("warm-up"))
+func (v *vm) warmUp(ctx context.Context) error {
+	if err := agent.WarmUp(ctx); err != nil {
+		return err
 	}
-	hs, _ := json.Marshal(agentapi.Handshake{StartedAt: time.Now()})
-	var r agentapi.HandshakeReply
-	_ = json.Unmarshal(hs, &r)
 	b, err := json.Marshal(agentapi.VMConfig{
 		Metadata: agentapi.Metadata{SandboxID: "warm-up", NATSURL: "nats://" + agentapi.GuestNATSAddr, Seed: "SU"},
 		Now:      time.Now(),
