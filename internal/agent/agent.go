@@ -29,6 +29,10 @@ type Options struct {
 	// WorkDir holds the fetched artifact and the workload's files.
 	// Empty: the current directory.
 	WorkDir string
+	// StagedDir is where the node stages files for this sandbox
+	// (agentapi.StagedDir in a VM); a deploy's Unstage deletes files there
+	// and nowhere else. Empty: Unstage is ignored.
+	StagedDir string
 	// WorkloadNATSAddr is the host:port workloads are told to use for NATS
 	// (NATS_URL). Empty: the host:port of Meta.NATSURL.
 	WorkloadNATSAddr string

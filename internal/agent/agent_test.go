@@ -6,6 +6,7 @@ import (
 	"errors"
 	"log/slog"
 	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -314,5 +315,43 @@ func TestUnansweredAgentEnds(t *testing.T) {
 func TestBadOptions(t *testing.T) {
 	if err := agent.Run(context.Background(), agent.Options{}); err == nil {
 		t.Fatal("Run without metadata succeeded")
+	}
+}
+
+// A deploy deletes the files its Unstage lists (staged ahead for another
+// artifact; they would take a VM's RAM for as long as the workload runs),
+// in the staged directory only: other staged files and anything elsewhere
+// stay.
+func TestDeployUnstages(t *testing.T) {
+	h := sandboxtest.NewHarness(t)
+	a := h.AddAgent("staged1")
+	staged, elsewhere := t.TempDir(), t.TempDir()
+	runAgent(t, testCtx(t), a, agent.Options{StagedDir: staged})
+	if _, err := a.WaitHandshake(testCtx(t)); err != nil {
+		t.Fatal(err)
+	}
+	sh, err := os.ReadFile("/bin/sh")
+	if err != nil {
+		t.Fatal(err)
+	}
+	own, ahead, other, outside := filepath.Join(staged, "own"), filepath.Join(staged, "ahead"),
+		filepath.Join(staged, "other"), filepath.Join(elsewhere, "outside")
+	for _, p := range []string{own, ahead, other, outside} {
+		if err := os.WriteFile(p, sh, 0o700); err != nil {
+			t.Fatal(err)
+		}
+	}
+	r, err := a.Deploy(testCtx(t), agentapi.Deploy{WorkloadID: "w1", Name: "sh", Type: "native", Argv: []string{"-c", "echo staged ran"},
+		Hash: "00", Size: int64(len(sh)), StagedPath: own, Unstage: []string{ahead, outside}}, nil)
+	if err != nil || !r.OK {
+		t.Fatalf("deploy: %+v, %v", r, err)
+	}
+	if err := a.WaitLog(testCtx(t), "stdout", "staged ran"); err != nil {
+		t.Fatal(err)
+	}
+	for p, want := range map[string]bool{own: false, ahead: false, other: true, outside: true} {
+		if _, err := os.Stat(p); (err == nil) != want {
+			t.Errorf("%s: exists %v, want %v", p, err == nil, want)
+		}
 	}
 }

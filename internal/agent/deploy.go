@@ -89,6 +89,7 @@ func (a *agent) deploy(d *agentapi.Deploy) (err error) {
 		_ = os.Remove(path)
 		return err
 	}
+	a.unstage(d.Unstage)
 
 	wl := &running{
 		id:     d.WorkloadID,
@@ -165,6 +166,24 @@ func (a *agent) fetch(ctx context.Context, d *agentapi.Deploy, path string) erro
 		return fmt.Errorf("fetch artifact: %w", err)
 	}
 	return nil
+}
+
+// unstage deletes the files a deploy says were staged ahead and not used,
+// each only if it is in Options.StagedDir.
+func (a *agent) unstage(paths []string) {
+	if a.o.StagedDir == "" {
+		return
+	}
+	dir := filepath.Clean(a.o.StagedDir)
+	for _, p := range paths {
+		if filepath.Dir(filepath.Clean(p)) != dir {
+			a.log.Warn("not unstaging a file outside the staged directory", "path", p)
+			continue
+		}
+		if err := os.Remove(p); err != nil && !errors.Is(err, os.ErrNotExist) {
+			a.log.Warn("remove unused staged file", "path", p, keyError, err)
+		}
+	}
 }
 
 // takeStaged moves an artifact the node staged into place. Its sha256 is

@@ -140,6 +140,11 @@ type Deploy struct {
 	// file port of vm.go): the agent checks its size and does not fetch it
 	// over NATS.
 	StagedPath string `json:"staged_path,omitempty"`
+	// Unstage lists files the node staged ahead of this deploy
+	// (sandbox.Prestager) that it does not use: the agent deletes them,
+	// when they are in its staged directory, so they do not take guest RAM
+	// for as long as the workload runs.
+	Unstage []string `json:"unstage,omitempty"`
 	// Workload NATS credentials (a user of the node's workload account). The
 	// agent sets NATS_URL from them when Env has none, pointing at the address
 	// it itself reaches the node with (or its in-guest forwarder).

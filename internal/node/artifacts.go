@@ -83,6 +83,29 @@ func (s *artifactStore) acquire(hash string, fetch func(tmp string) (int64, erro
 	return s.path(hash), size, false, nil
 }
 
+// hold takes a reference to hash's file when the store has it and no fetch
+// of it is under way, without ever fetching it; the caller releases it.
+func (s *artifactStore) hold(hash string) (string, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	e := s.entries[hash]
+	if e == nil || !e.mu.TryLock() { // absent, or being fetched
+		return "", false
+	}
+	ready := e.ready
+	e.mu.Unlock()
+	if !ready {
+		return "", false
+	}
+	e.refs++
+	if e.idleEl != nil {
+		s.idle.Remove(e.idleEl)
+		s.idleSz -= e.size
+		e.idleEl = nil
+	}
+	return s.path(hash), true
+}
+
 // release drops a reference; unused files stay cached within the limit.
 func (s *artifactStore) release(hash string) {
 	s.mu.Lock()

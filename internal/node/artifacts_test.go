@@ -54,3 +54,35 @@ func TestArtifactStoreSharesCachesAndEvicts(t *testing.T) {
 		t.Fatalf("left %v, in use %d", left, s.inUse())
 	}
 }
+
+// hold never fetches: it takes a stored artifact (out of the idle list, so
+// it is not evicted while held) or nothing.
+func TestArtifactStoreHold(t *testing.T) {
+	s, err := newArtifactStore(t.TempDir(), 10)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := s.hold("a"); ok {
+		t.Fatal("held an artifact the store never had")
+	}
+	if _, _, _, err := s.acquire("a", func(tmp string) (int64, error) { return 6, os.WriteFile(tmp, make([]byte, 6), 0o600) }); err != nil {
+		t.Fatal(err)
+	}
+	s.release("a") // idle, cached
+	p, ok := s.hold("a")
+	if !ok || s.inUse() != 1 {
+		t.Fatalf("hold of a cached artifact: %q, %v, in use %d", p, ok, s.inUse())
+	}
+	// Another artifact would evict a were it idle; held, it stays.
+	if _, _, _, err := s.acquire("b", func(tmp string) (int64, error) { return 6, os.WriteFile(tmp, make([]byte, 6), 0o600) }); err != nil {
+		t.Fatal(err)
+	}
+	s.release("b")
+	if _, err := os.Stat(p); err != nil {
+		t.Fatalf("held artifact evicted: %v", err)
+	}
+	s.release("a")
+	if s.inUse() != 0 {
+		t.Fatalf("in use %d after release", s.inUse())
+	}
+}

@@ -18,6 +18,7 @@ import (
 	"github.com/nats-io/nkeys"
 
 	"github.com/nex-engine/nex/api"
+	"github.com/nex-engine/nex/internal/agentapi"
 	"github.com/nex-engine/nex/internal/controlclient"
 	"github.com/nex-engine/nex/internal/node/config"
 	"github.com/nex-engine/nex/internal/sandbox"
@@ -320,7 +321,7 @@ func TestDeployRefusals(t *testing.T) {
 	})
 
 	t.Run("agent crashes mid-deploy", func(t *testing.T) {
-		h.node.testHookBeforeAgentDeploy = func(sb sandbox.Sandbox) { _ = syscall.Kill(sb.PID(), syscall.SIGKILL) }
+		h.node.testHookBeforeAgentDeploy = func(sb sandbox.Sandbox, _ *agentapi.Deploy) { _ = syscall.Kill(sb.PID(), syscall.SIGKILL) }
 		defer func() { h.node.testHookBeforeAgentDeploy = nil }()
 		_, err := h.deploy(good())
 		if err == nil || !strings.Contains(err.Error(), "agent could not start it") {

@@ -20,6 +20,7 @@ import (
 	"github.com/nats-io/nats.go"
 
 	"github.com/nex-engine/nex/api"
+	"github.com/nex-engine/nex/internal/agentapi"
 	"github.com/nex-engine/nex/internal/controlapi"
 	"github.com/nex-engine/nex/internal/events"
 	"github.com/nex-engine/nex/internal/natsd"
@@ -84,10 +85,14 @@ type Node struct {
 	stopping  bool
 	sandboxes map[string]*sandboxHandle // every live sandbox, by id
 	workloads map[string]*workload      // by workload id
+	// lastStaged is the hash of the artifact last staged into a sandbox
+	// that takes files ahead (sandbox.Prestager): new ones get it before
+	// they join the pool (prestage).
+	lastStaged string
 
 	// testHookBeforeAgentDeploy lets tests inject faults between taking a
-	// sandbox and handing it the workload.
-	testHookBeforeAgentDeploy func(sandbox.Sandbox)
+	// sandbox and handing it the workload, and see (or spoil) the request.
+	testHookBeforeAgentDeploy func(sandbox.Sandbox, *agentapi.Deploy)
 	// testHookAfterFetch runs once a deploy holds its artifact, before it
 	// checks that it was not stopped meanwhile.
 	testHookAfterFetch func(*workload)

@@ -36,6 +36,9 @@ type sandboxHandle struct {
 	workload *workload // set when bound
 	gone     bool      // discarded: death is expected
 	missed   int       // consecutive failed pings
+	// prestaged is the artifact staged into the sandbox before it joined
+	// the pool (hash, and the path its agent sees); zero when none.
+	prestaged struct{ hash, path string }
 
 	discardOnce sync.Once
 }
@@ -89,10 +92,44 @@ func (n *Node) newSandbox(ctx context.Context) (*sandboxHandle, error) {
 	case <-ctx.Done():
 		return fail(ctx.Err())
 	}
+	n.prestage(ctx, h)
 	n.log.Info("Adding new "+n.sandboxNoun(false)+" to warm pool", keyVMID, id, "driver", n.o.Driver.Name())
 	n.bg.Add(1)
 	go h.watch()
 	return h, nil
+}
+
+// prestage stages the artifact last deployed into a sandbox of this kind
+// into h, before it joins the pool, when its driver says that is worth it
+// (sandbox.Prestager) and vm_prestage is on. It is best effort: an
+// artifact the store no longer has, or a failed copy, leaves h without one,
+// and a deploy then stages its own.
+func (n *Node) prestage(ctx context.Context, h *sandboxHandle) {
+	ps, ok := h.sb.(sandbox.Prestager)
+	if !ok || !n.cfg.Prestage() || !ps.Prestage() {
+		return
+	}
+	n.mu.Lock()
+	hash := n.lastStaged
+	n.mu.Unlock()
+	if hash == "" {
+		return
+	}
+	src, ok := n.artifacts.hold(hash)
+	if !ok {
+		return
+	}
+	defer n.artifacts.release(hash)
+	t0 := time.Now()
+	path, err := ps.Stage(ctx, src, hash)
+	if err != nil {
+		n.log.Warn("staging the last artifact ahead failed; a deploy will stage its own", keyVMID, h.id, "error", err)
+		return
+	}
+	h.mu.Lock()
+	h.prestaged.hash, h.prestaged.path = hash, path
+	h.mu.Unlock()
+	n.log.Debug("Artifact staged ahead", keyVMID, h.id, "hash", hash, "took", time.Since(t0))
 }
 
 // watch reacts to a sandbox's exit: a pooled one is dropped (the pool

@@ -131,13 +131,28 @@ func (n *Node) start(ctx context.Context, w *workload) error {
 		Hash: w.hash, Size: w.size, NATSUser: user, NATSPassword: pass}
 
 	if st, ok := h.sb.(sandbox.Stager); ok && !n.testNoStaging {
-		if d.StagedPath, err = st.Stage(ctx, w.artifactPath, w.hash); err != nil {
-			n.log.Warn("staging the artifact failed; the agent will fetch it over NATS", keyVMID, h.id, "error", err)
-			d.StagedPath = ""
+		h.mu.Lock()
+		pre := h.prestaged
+		h.mu.Unlock()
+		if pre.hash == w.hash {
+			d.StagedPath = pre.path // staged ahead (prestage)
+		} else {
+			if pre.hash != "" {
+				d.Unstage = []string{pre.path}
+			}
+			if d.StagedPath, err = st.Stage(ctx, w.artifactPath, w.hash); err != nil {
+				n.log.Warn("staging the artifact failed; the agent will fetch it over NATS", keyVMID, h.id, "error", err)
+				d.StagedPath = ""
+			}
+		}
+		if _, ahead := st.(sandbox.Prestager); ahead && d.StagedPath != "" {
+			n.mu.Lock()
+			n.lastStaged = w.hash
+			n.mu.Unlock()
 		}
 	}
 	if n.testHookBeforeAgentDeploy != nil {
-		n.testHookBeforeAgentDeploy(h.sb)
+		n.testHookBeforeAgentDeploy(h.sb, &d)
 	}
 	// A sandbox that dies mid-deploy must fail the request at once.
 	rctx, cancel := context.WithTimeout(ctx, 60*time.Second)

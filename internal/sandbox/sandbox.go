@@ -77,6 +77,21 @@ type Stager interface {
 	Stage(ctx context.Context, src, name string) (string, error)
 }
 
+// Prestager is implemented by sandboxes whose Stage costs enough to be
+// worth doing before a deploy asks for it: a VM's guest copies the file
+// into its RAM (≈ 0.25 s for 9 MB under emulation). A node stages the
+// artifact it deployed last into each such sandbox before it joins the warm
+// pool (config vm_prestage), so a redeploy of that artifact, the common case
+// when a service scales out, skips the copy. Prestage says whether this
+// sandbox can take a file ahead (a VM without a file port cannot). A deploy
+// of another artifact tells the agent to delete the file staged ahead
+// (agentapi.Deploy.Unstage), so it costs guest memory only while the
+// sandbox waits in the pool.
+type Prestager interface {
+	Stager
+	Prestage() bool
+}
+
 // RefillPacer is implemented by drivers that say how long a warm pool
 // holds back the refill a deploy causes, so the new sandbox does not start
 // on the same cores at the moment the deployed workload does.

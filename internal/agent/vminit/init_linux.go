@@ -549,6 +549,7 @@ func (v *vm) runAgent(ctx context.Context, log *slog.Logger) error {
 		PID1:             true,
 		WorkloadNATSAddr: agentapi.WorkloadNATSAddr,
 		WorkDir:          workDir,
+		StagedDir:        agentapi.StagedDir,
 		Dialer:           v.agentDial,
 	})
 }

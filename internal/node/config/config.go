@@ -51,6 +51,9 @@ type Config struct {
 	// VMSnapshots fills a VM pool by restoring clones of a snapshotted VM
 	// instead of cold boots (default true; Snapshots reads it).
 	VMSnapshots *bool `json:"vm_snapshots,omitempty"`
+	// VMPrestage stages the artifact deployed last into every new VM
+	// before it joins the warm pool (default true; Prestage reads it).
+	VMPrestage *bool `json:"vm_prestage,omitempty"`
 	// QEMUBinary and FirecrackerBinary override the VMM found in PATH.
 	QEMUBinary        string `json:"qemu_binary,omitempty"`
 	FirecrackerBinary string `json:"firecracker_binary,omitempty"`
@@ -336,6 +339,11 @@ func (c *Config) Validate() error {
 // Snapshots reports whether VM pools are filled with snapshot clones: yes
 // unless vm_snapshots is false.
 func (c *Config) Snapshots() bool { return c.VMSnapshots == nil || *c.VMSnapshots }
+
+// Prestage reports whether a node stages the artifact it deployed last
+// into each new VM ahead of a deploy (sandbox.Prestager): yes unless
+// vm_prestage is false.
+func (c *Config) Prestage() bool { return c.VMPrestage == nil || *c.VMPrestage }
 
 // PoolSize returns the configured pool size.
 func (c *Config) PoolSize() int {

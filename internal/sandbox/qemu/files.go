@@ -65,7 +65,11 @@ type filePort struct {
 	closed bool
 }
 
-var _ sandbox.Stager = (*vm)(nil)
+var _ sandbox.Prestager = (*vm)(nil)
+
+// Prestage implements sandbox.Prestager: a VM with a file port takes files
+// ahead of a deploy.
+func (v *vm) Prestage() bool { return v.files != nil }
 
 // Stage implements sandbox.Stager: it pushes src (already verified by the
 // node) into the guest as agentapi.StagedDir/name and returns that path.

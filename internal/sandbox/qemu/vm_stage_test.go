@@ -23,7 +23,9 @@ import (
 //     guest);
 //   - the probe itself is staged, and the agent runs it from there: the
 //     harness serves no artifact, so a fetch over NATS would fail the
-//     deploy.
+//     deploy;
+//   - a file staged ahead (as a node's prestage does) and listed in the
+//     deploy's Unstage is gone from the guest when the workload runs.
 func TestStageIntoGuest(t *testing.T) {
 	requireVM(t)
 	inColdAndCloned(t, vmSetup(t), testStage)
@@ -72,8 +74,14 @@ func testStage(t *testing.T, d *Driver) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	aheadFile, _ := artifact(t, 1<<20)
+	ahead, err := st.Stage(ctx, aheadFile, "ahead")
+	if err != nil {
+		t.Fatal(err)
+	}
 	r, err := ag.Deploy(ctx, agentapi.Deploy{WorkloadID: "staged", Name: "netprobe", Namespace: "default",
-		Type: "native", Argv: []string{"sha256/" + dataPath}, Hash: hash, Size: int64(len(probe)), StagedPath: staged}, nil)
+		Type: "native", Argv: []string{"sha256/" + dataPath, "sha256/" + ahead}, Hash: hash, Size: int64(len(probe)),
+		StagedPath: staged, Unstage: []string{ahead}}, nil)
 	if err != nil || !r.OK {
 		t.Fatalf("deploy the staged probe: %+v, %v", r, err)
 	}
@@ -90,11 +98,17 @@ func testStage(t *testing.T, d *Driver) {
 	if n := sb.(*vm).portConns.Load(); n < 1 {
 		t.Fatalf("%d connections over the NATS port; want the agent's", n)
 	}
-	var got string
+	var got, gotAhead string
 	for _, l := range ag.Logs() {
 		if v, ok := strings.CutPrefix(l.Text, "probe sha256/"+dataPath+" "); ok && l.Stream == "stdout" {
 			got = v
 		}
+		if v, ok := strings.CutPrefix(l.Text, "probe sha256/"+ahead+" "); ok && l.Stream == "stdout" {
+			gotAhead = v
+		}
+	}
+	if !strings.Contains(gotAhead, "no such file") {
+		t.Fatalf("the file staged ahead and unstaged, read in the guest: %q; want it gone", gotAhead)
 	}
 	if sum := sha256.Sum256(dataBytes); got != hex.EncodeToString(sum[:]) {
 		t.Fatalf("sha256 of the staged file in the guest = %q, want %x (the host's)", got, sha256.Sum256(dataBytes))

@@ -1,0 +1,168 @@
+package node
+
+import (
+	"context"
+	"os"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/nex-engine/nex/api"
+	"github.com/nex-engine/nex/internal/agentapi"
+	"github.com/nex-engine/nex/internal/node/config"
+	"github.com/nex-engine/nex/internal/sandbox"
+	"github.com/nex-engine/nex/internal/sandbox/process"
+)
+
+// prestageDriver runs process sandboxes that say they take files ahead
+// (sandbox.Prestager, as a VM with a file port does) and records every
+// Stage: the node's real deploy and pool code, with real agents, decides
+// when they come.
+type prestageDriver struct {
+	*process.Driver
+	mu     sync.Mutex
+	stages []stageCall
+}
+
+type stageCall struct{ sandbox, name string }
+
+func (d *prestageDriver) Start(ctx context.Context, spec sandbox.Spec) (sandbox.Sandbox, error) {
+	sb, err := d.Driver.Start(ctx, spec)
+	if err != nil {
+		return nil, err
+	}
+	return &prestageSandbox{Sandbox: sb.(*process.Sandbox), d: d}, nil
+}
+
+func (d *prestageDriver) calls() []stageCall {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return slices.Clone(d.stages)
+}
+
+type prestageSandbox struct {
+	*process.Sandbox
+	d *prestageDriver
+}
+
+func (s *prestageSandbox) Prestage() bool { return true }
+
+func (s *prestageSandbox) Stage(ctx context.Context, src, name string) (string, error) {
+	s.d.mu.Lock()
+	s.d.stages = append(s.d.stages, stageCall{s.ID(), name})
+	s.d.mu.Unlock()
+	return s.Sandbox.Stage(ctx, src, name)
+}
+
+func newPrestageHarness(t *testing.T, prestage bool) (*harness, *prestageDriver) {
+	nex, _ := binaries(t)
+	var d *prestageDriver
+	h := newHarnessWithDriver(t, func(c *config.Config) { c.VMPrestage = &prestage },
+		func(*config.Config) (driverOf, error) {
+			pd, err := process.New(process.Config{AgentBinary: nex, Log: quietLog()})
+			d = &prestageDriver{Driver: pd}
+			return d, err
+		})
+	return h, d
+}
+
+// runJob deploys the test workload's "exit 0" from key and waits for it to
+// end well.
+func runJob(t *testing.T, h *harness, evs *eventLog, key, hash string) {
+	t.Helper()
+	before := evs.count(api.EventWorkloadUndeployed)
+	run, err := h.deploy(h.deployRequest("job", key, hash, nil, "exit", "0"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var und api.WorkloadUndeployedEvent
+	eventually(t, 20*time.Second, "the job to end", func() bool {
+		return evs.count(api.EventWorkloadUndeployed) > before && evs.last(api.EventWorkloadUndeployed, &und)
+	})
+	if und.Code != 0 || und.WorkloadID != run.ID {
+		t.Fatalf("undeployed %+v", und)
+	}
+}
+
+// The artifact deployed last is staged into each new sandbox before it
+// joins the pool; a redeploy of it stages nothing, another artifact is
+// staged at its deploy as before.
+func TestPrestageLastArtifact(t *testing.T) {
+	h, d := newPrestageHarness(t, true)
+	_, wl := binaries(t)
+	a, _ := os.ReadFile(wl)
+	b := append(slices.Clone(a), "another artifact"...) // bytes after an ELF's end change nothing but its hash
+	hashA, hashB := h.upload("a", a), h.upload("b", b)
+	evs := h.events("$NEX.events.default.*")
+	var mu sync.Mutex
+	var deploys []agentapi.Deploy // what the agents were asked
+	h.node.testHookBeforeAgentDeploy = func(_ sandbox.Sandbox, d *agentapi.Deploy) {
+		mu.Lock()
+		deploys = append(deploys, *d)
+		mu.Unlock()
+	}
+	deploy := func(i int) agentapi.Deploy {
+		mu.Lock()
+		defer mu.Unlock()
+		return deploys[i]
+	}
+
+	// Nothing deployed yet: the first pooled sandbox got nothing ahead.
+	if c := d.calls(); len(c) != 0 {
+		t.Fatalf("stages before any deploy: %v", c)
+	}
+	runJob(t, h, evs, "a", hashA)
+	// Staged at its deploy, then into the refill ahead of any deploy.
+	eventually(t, 20*time.Second, "the refill to get a staged ahead", func() bool { return len(d.calls()) == 2 })
+	c := d.calls()
+	if c[0].name != hashA || c[1].name != hashA || c[0].sandbox == c[1].sandbox {
+		t.Fatalf("stages %v; want a into the deploy's sandbox, then a into the next", c)
+	}
+	ahead := c[1].sandbox
+
+	// The redeploy runs in that sandbox without a stage of its own.
+	runJob(t, h, evs, "a", hashA)
+	eventually(t, 20*time.Second, "the next refill", func() bool { return len(d.calls()) == 3 })
+	c = d.calls()
+	if c[2].name != hashA || c[2].sandbox == ahead {
+		t.Fatalf("stages %v; the redeploy into %s staged again", c, ahead)
+	}
+	if d := deploy(1); d.StagedPath == "" || len(d.Unstage) != 0 {
+		t.Fatalf("redeploy asked the agent for %+v; want the file staged ahead, nothing to unstage", d)
+	}
+
+	// Another artifact is staged at its deploy, into the sandbox holding a.
+	runJob(t, h, evs, "b", hashB)
+	eventually(t, 20*time.Second, "b's stage", func() bool { return len(d.calls()) >= 4 })
+	c = d.calls()
+	if c[3].name != hashB || c[3].sandbox != c[2].sandbox {
+		t.Fatalf("stages %v; want b staged into %s at its deploy", c, c[2].sandbox)
+	}
+	// The agent is told to delete a, staged ahead and not used.
+	if d := deploy(2); d.Hash != hashB || len(d.Unstage) != 1 || !strings.HasSuffix(d.Unstage[0], hashA) {
+		t.Fatalf("deploy of b asked the agent for %+v; want a unstaged", d)
+	}
+	// And now b is what new sandboxes get.
+	eventually(t, 20*time.Second, "b staged ahead", func() bool { return len(d.calls()) == 5 })
+	if c = d.calls(); c[4].name != hashB {
+		t.Fatalf("stages %v; want b ahead", c)
+	}
+	h.assertClean(t)
+}
+
+// vm_prestage false: sandboxes get files only at their deploy.
+func TestPrestageOff(t *testing.T) {
+	h, d := newPrestageHarness(t, false)
+	_, wl := binaries(t)
+	a, _ := os.ReadFile(wl)
+	hashA := h.upload("a", a)
+	evs := h.events("$NEX.events.default.*")
+	runJob(t, h, evs, "a", hashA)
+	runJob(t, h, evs, "a", hashA)
+	h.assertClean(t)
+	if c := d.calls(); len(c) != 2 || c[0].sandbox == c[1].sandbox {
+		t.Fatalf("stages %v; want one per deploy", c)
+	}
+}
