@@ -84,12 +84,14 @@ func (a *agent) deploy(d *agentapi.Deploy) (err error) {
 		}
 	}()
 
+	// Files staged ahead and not used go first: an artifact fetched over
+	// NATS lands on the same tmpfs and may need their room.
+	a.unstage(d.Unstage)
 	path := filepath.Join(a.o.WorkDir, d.Name)
 	if err := a.fetch(ctx, d, path); err != nil {
 		_ = os.Remove(path)
 		return err
 	}
-	a.unstage(d.Unstage)
 
 	wl := &running{
 		id:     d.WorkloadID,
