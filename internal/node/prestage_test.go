@@ -24,11 +24,22 @@ type prestageDriver struct {
 	*process.Driver
 	mu     sync.Mutex
 	stages []stageCall
+	gate   chan struct{} // when set, Start waits for it to close
 }
 
 type stageCall struct{ sandbox, name string }
 
 func (d *prestageDriver) Start(ctx context.Context, spec sandbox.Spec) (sandbox.Sandbox, error) {
+	d.mu.Lock()
+	gate := d.gate
+	d.mu.Unlock()
+	if gate != nil {
+		select {
+		case <-gate:
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+	}
 	sb, err := d.Driver.Start(ctx, spec)
 	if err != nil {
 		return nil, err
@@ -164,5 +175,45 @@ func TestPrestageOff(t *testing.T) {
 	h.assertClean(t)
 	if c := d.calls(); len(c) != 2 || c[0].sandbox == c[1].sandbox {
 		t.Fatalf("stages %v; want one per deploy", c)
+	}
+}
+
+// A sandbox that a deploy is already waiting for gets nothing ahead: the
+// deploy stages its own artifact into it at once.
+func TestPrestageSkippedForAWaitingDeploy(t *testing.T) {
+	h, d := newPrestageHarness(t, true)
+	_, wl := binaries(t)
+	a, _ := os.ReadFile(wl)
+	b := append(slices.Clone(a), "another artifact"...)
+	hashA, hashB := h.upload("a", a), h.upload("b", b)
+	evs := h.events("$NEX.events.default.*")
+	runJob(t, h, evs, "a", hashA)
+	eventually(t, 20*time.Second, "the refill to get a staged ahead", func() bool { return len(d.calls()) == 2 })
+
+	// The pool's one sandbox (a ahead) goes to this deploy; its refill
+	// waits at the gate until b's deploy waits for it.
+	gate := make(chan struct{})
+	d.mu.Lock()
+	d.gate = gate
+	d.mu.Unlock()
+	runJob(t, h, evs, "a", hashA)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		runJob(t, h, evs, "b", hashB)
+	}()
+	eventually(t, 20*time.Second, "b's deploy to wait for a sandbox", func() bool { return h.node.pool.Status().Waiting == 1 })
+	d.mu.Lock()
+	d.gate = nil
+	d.mu.Unlock()
+	close(gate)
+	<-done
+	h.assertClean(t)
+	// a at the first deploy, a ahead into the second's sandbox, then b
+	// alone into the sandbox b's deploy waited for (and b ahead into the
+	// refill after it).
+	c := d.calls()
+	if len(c) < 3 || c[2].name != hashB || slices.ContainsFunc(c, func(s stageCall) bool { return s.sandbox == c[2].sandbox && s.name != hashB }) {
+		t.Fatalf("stages %v; want b alone into the sandbox b's deploy waited for", c)
 	}
 }

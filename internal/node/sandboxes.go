@@ -101,7 +101,7 @@ func (n *Node) newSandbox(ctx context.Context) (*sandboxHandle, error) {
 
 // prestage stages the artifact last deployed into a sandbox of this kind
 // into h, before it joins the pool, when its driver says that is worth it
-// (sandbox.Prestager) and vm_prestage is on. It is best effort: an
+// (sandbox.Prestager), vm_prestage is on and no deploy is waiting for it. It is best effort: an
 // artifact the store no longer has, or a failed copy, leaves h without one,
 // and a deploy then stages its own.
 func (n *Node) prestage(ctx context.Context, h *sandboxHandle) {
@@ -112,7 +112,10 @@ func (n *Node) prestage(ctx context.Context, h *sandboxHandle) {
 	n.mu.Lock()
 	hash := n.lastStaged
 	n.mu.Unlock()
-	if hash == "" {
+	// A deploy waiting for a sandbox takes this one the moment it joins the
+	// pool and stages its own artifact: a file staged ahead would only
+	// delay it, or be the same copy made earlier.
+	if hash == "" || n.pool.Status().Waiting > 0 {
 		return
 	}
 	src, ok := n.artifacts.hold(hash)
