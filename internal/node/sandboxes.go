@@ -101,9 +101,10 @@ func (n *Node) newSandbox(ctx context.Context) (*sandboxHandle, error) {
 
 // prestage stages the artifact last deployed into a sandbox of this kind
 // into h, before it joins the pool, when its driver says that is worth it
-// (sandbox.Prestager), vm_prestage is on and no deploy is waiting for it. It is best effort: an
-// artifact the store no longer has, or a failed copy, leaves h without one,
-// and a deploy then stages its own.
+// (sandbox.Prestager), vm_prestage is on and no deploy is waiting for it.
+// It is best effort: an artifact the store no longer has, or a failed copy
+// (logged at debug level, since every refill would repeat it), leaves h
+// without one, and a deploy then stages its own.
 func (n *Node) prestage(ctx context.Context, h *sandboxHandle) {
 	ps, ok := h.sb.(sandbox.Prestager)
 	if !ok || !n.cfg.Prestage() || !ps.Prestage() {
@@ -126,7 +127,7 @@ func (n *Node) prestage(ctx context.Context, h *sandboxHandle) {
 	t0 := time.Now()
 	path, err := ps.Stage(ctx, src, hash)
 	if err != nil {
-		n.log.Warn("staging the last artifact ahead failed; a deploy will stage its own", keyVMID, h.id, "error", err)
+		n.log.Debug("Staging the last artifact ahead failed; a deploy will stage its own", keyVMID, h.id, "error", err)
 		return
 	}
 	h.mu.Lock()
