@@ -319,17 +319,12 @@ func TestBadOptions(t *testing.T) {
 }
 
 // A deploy deletes the files its Unstage lists (staged ahead for another
-// artifact; they would take a VM's RAM for as long as the workload runs),
-// in the staged directory only: other staged files and anything elsewhere
-// stay.
+// artifact, maybe another namespace's; they would also take a VM's RAM for
+// as long as the workload runs), in the staged directory only: a deploy
+// that lists anything else is refused, and other staged files stay.
 func TestDeployUnstages(t *testing.T) {
 	h := sandboxtest.NewHarness(t)
-	a := h.AddAgent("staged1")
 	staged, elsewhere := t.TempDir(), t.TempDir()
-	runAgent(t, testCtx(t), a, agent.Options{StagedDir: staged})
-	if _, err := a.WaitHandshake(testCtx(t)); err != nil {
-		t.Fatal(err)
-	}
 	sh, err := os.ReadFile("/bin/sh")
 	if err != nil {
 		t.Fatal(err)
@@ -341,10 +336,37 @@ func TestDeployUnstages(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	r, err := a.Deploy(testCtx(t), agentapi.Deploy{WorkloadID: "w1", Name: "sh", Type: "native", Argv: []string{"-c", "echo staged ran"},
-		Hash: "00", Size: int64(len(sh)), StagedPath: own, Unstage: []string{ahead, outside}}, nil)
-	if err != nil || !r.OK {
-		t.Fatalf("deploy: %+v, %v", r, err)
+	deploy := func(a *sandboxtest.Agent, unstage ...string) agentapi.Reply {
+		t.Helper()
+		r, err := a.Deploy(testCtx(t), agentapi.Deploy{WorkloadID: "w1", Name: "sh", Type: "native", Argv: []string{"-c", "echo staged ran"},
+			Hash: "00", Size: int64(len(sh)), StagedPath: own, Unstage: unstage}, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return r
+	}
+
+	refused := h.AddAgent("staged0")
+	runAgent(t, testCtx(t), refused, agent.Options{StagedDir: staged})
+	if _, err := refused.WaitHandshake(testCtx(t)); err != nil {
+		t.Fatal(err)
+	}
+	if r := deploy(refused, ahead, outside); r.OK || !strings.Contains(r.Error, "not in the staged directory") {
+		t.Fatalf("deploy unstaging a file outside the staged directory: %+v", r)
+	}
+	for _, p := range []string{ahead, outside} { // checked before anything is removed
+		if _, err := os.Stat(p); err != nil {
+			t.Fatalf("a refused deploy removed %s: %v", p, err)
+		}
+	}
+
+	a := h.AddAgent("staged1")
+	runAgent(t, testCtx(t), a, agent.Options{StagedDir: staged})
+	if _, err := a.WaitHandshake(testCtx(t)); err != nil {
+		t.Fatal(err)
+	}
+	if r := deploy(a, ahead); !r.OK {
+		t.Fatalf("deploy: %+v", r)
 	}
 	if err := a.WaitLog(testCtx(t), "stdout", "staged ran"); err != nil {
 		t.Fatal(err)

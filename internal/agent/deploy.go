@@ -84,9 +84,13 @@ func (a *agent) deploy(d *agentapi.Deploy) (err error) {
 		}
 	}()
 
-	// Files staged ahead and not used go first: an artifact fetched over
-	// NATS lands on the same tmpfs and may need their room.
-	a.unstage(d.Unstage)
+	// Files staged ahead and not used go first: they may be another
+	// namespace's artifact, which this workload must not find, and an
+	// artifact fetched over NATS lands on the same tmpfs and may need
+	// their room.
+	if err := a.unstage(d.Unstage); err != nil {
+		return err
+	}
 	path := filepath.Join(a.o.WorkDir, d.Name)
 	if err := a.fetch(ctx, d, path); err != nil {
 		_ = os.Remove(path)
@@ -170,22 +174,29 @@ func (a *agent) fetch(ctx context.Context, d *agentapi.Deploy, path string) erro
 	return nil
 }
 
-// unstage deletes the files a deploy says were staged ahead and not used,
-// each only if it is in Options.StagedDir.
-func (a *agent) unstage(paths []string) {
+// unstage deletes the files a deploy says were staged ahead and not used.
+// It fails, and the deploy with it, rather than run a workload next to a
+// file it was told to remove: one outside Options.StagedDir (or with no
+// StagedDir at all), or one it could not delete.
+func (a *agent) unstage(paths []string) error {
+	if len(paths) == 0 {
+		return nil
+	}
 	if a.o.StagedDir == "" {
-		return
+		return errors.New("deploy asks to unstage files, but this sandbox has no staged directory")
 	}
 	dir := filepath.Clean(a.o.StagedDir)
 	for _, p := range paths {
 		if filepath.Dir(filepath.Clean(p)) != dir {
-			a.log.Warn("not unstaging a file outside the staged directory", "path", p)
-			continue
-		}
-		if err := os.Remove(p); err != nil && !errors.Is(err, os.ErrNotExist) {
-			a.log.Warn("remove unused staged file", "path", p, keyError, err)
+			return fmt.Errorf("unstage %q: not in the staged directory %s", p, dir)
 		}
 	}
+	for _, p := range paths {
+		if err := os.Remove(p); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return fmt.Errorf("unstage: %w", err)
+		}
+	}
+	return nil
 }
 
 // takeStaged moves an artifact the node staged into place. Its sha256 is
