@@ -6,6 +6,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -67,10 +68,10 @@ func (s *prestageSandbox) Stage(ctx context.Context, src, name string) (string, 
 	return s.Sandbox.Stage(ctx, src, name)
 }
 
-func newPrestageHarness(t *testing.T, prestage bool) (*harness, *prestageDriver) {
+func newPrestageHarness(t *testing.T, prestage bool, poolSize int) (*harness, *prestageDriver) {
 	nex, _ := binaries(t)
 	var d *prestageDriver
-	h := newHarnessWithDriver(t, func(c *config.Config) { c.VMPrestage = &prestage },
+	h := newHarnessWithDriver(t, func(c *config.Config) { c.VMPrestage, c.MachinePoolSize = &prestage, &poolSize },
 		func(*config.Config) (driverOf, error) {
 			pd, err := process.New(process.Config{AgentBinary: nex, Log: quietLog()})
 			d = &prestageDriver{Driver: pd}
@@ -101,7 +102,7 @@ func runJob(t *testing.T, h *harness, evs *eventLog, key, hash string) {
 // joins the pool; a redeploy of it stages nothing, another artifact is
 // staged at its deploy as before.
 func TestPrestageLastArtifact(t *testing.T) {
-	h, d := newPrestageHarness(t, true)
+	h, d := newPrestageHarness(t, true, 1)
 	_, wl := binaries(t)
 	a, _ := os.ReadFile(wl)
 	b := append(slices.Clone(a), "another artifact"...) // bytes after an ELF's end change nothing but its hash
@@ -170,7 +171,7 @@ func TestPrestageLastArtifact(t *testing.T) {
 
 // vm_prestage false: sandboxes get files only at their deploy.
 func TestPrestageOff(t *testing.T) {
-	h, d := newPrestageHarness(t, false)
+	h, d := newPrestageHarness(t, false, 1)
 	_, wl := binaries(t)
 	a, _ := os.ReadFile(wl)
 	hashA := h.upload("a", a)
@@ -186,7 +187,7 @@ func TestPrestageOff(t *testing.T) {
 // A sandbox that a deploy is already waiting for gets nothing ahead: the
 // deploy stages its own artifact into it at once.
 func TestPrestageSkippedForAWaitingDeploy(t *testing.T) {
-	h, d := newPrestageHarness(t, true)
+	h, d := newPrestageHarness(t, true, 1)
 	_, wl := binaries(t)
 	a, _ := os.ReadFile(wl)
 	b := append(slices.Clone(a), "another artifact"...)
@@ -220,5 +221,35 @@ func TestPrestageSkippedForAWaitingDeploy(t *testing.T) {
 	c := d.calls()
 	if len(c) < 3 || c[2].name != hashB || slices.ContainsFunc(c, func(s stageCall) bool { return s.sandbox == c[2].sandbox && s.name != hashB }) {
 		t.Fatalf("stages %v; want b alone into the sandbox b's deploy waited for", c)
+	}
+}
+
+// A deploy takes a pooled sandbox that holds its artifact already over one
+// that has waited longer without it.
+func TestPrestagedSandboxPreferred(t *testing.T) {
+	h, d := newPrestageHarness(t, true, 2)
+	_, wl := binaries(t)
+	a, _ := os.ReadFile(wl)
+	hashA := h.upload("a", a)
+	evs := h.events("$NEX.events.default.*")
+	if err := h.node.pool.Wait(h.ctx(), 2); err != nil {
+		t.Fatal(err)
+	}
+	runJob(t, h, evs, "a", hashA)
+	// The refill got a ahead; the pool's other sandbox, older, has nothing.
+	eventually(t, 20*time.Second, "the refill to get a staged ahead", func() bool {
+		return len(d.calls()) == 2 && h.node.pool.Status().Ready == 2
+	})
+	ahead := d.calls()[1].sandbox
+	var took atomic.Value
+	h.node.testHookBeforeAgentDeploy = func(sb sandbox.Sandbox, _ *agentapi.Deploy) { took.Store(sb.ID()) }
+	runJob(t, h, evs, "a", hashA)
+	if took.Load() != ahead {
+		t.Fatalf("the redeploy took sandbox %s; want %s, which holds a (stages %v)", took, ahead, d.calls())
+	}
+	h.assertClean(t)
+	// It staged nothing of its own: the next stage is the refill's.
+	if c := d.calls(); len(c) > 2 && c[2].sandbox == ahead {
+		t.Fatalf("stages %v; the redeploy into %s staged again", c, ahead)
 	}
 }

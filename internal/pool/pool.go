@@ -8,6 +8,7 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"slices"
 	"sync"
 	"time"
 )
@@ -195,7 +196,13 @@ func (p *Pool[M]) discard(m M) {
 // Take returns a ready member, waiting for one if none is ready. Refill of
 // the taken place starts at once, or after Options.RefillDelay when nobody
 // else is waiting.
-func (p *Pool[M]) Take(ctx context.Context) (M, error) {
+func (p *Pool[M]) Take(ctx context.Context) (M, error) { return p.TakePreferring(ctx, nil) }
+
+// TakePreferring is Take, handing out the longest-ready member that prefer
+// accepts when there is one (the node: a VM that already holds the deploy's
+// artifact), else the longest-ready one. prefer (nil: none) runs under the
+// pool's lock: it must be quick and must not call the pool.
+func (p *Pool[M]) TakePreferring(ctx context.Context, prefer func(M) bool) (M, error) {
 	var zero M
 	p.mu.Lock()
 	p.waiting++
@@ -206,8 +213,14 @@ func (p *Pool[M]) Take(ctx context.Context) (M, error) {
 			return zero, ErrClosed
 		}
 		if len(p.ready) > 0 {
-			m := p.ready[0]
-			p.ready = p.ready[1:]
+			i := 0
+			if prefer != nil {
+				if j := slices.IndexFunc(p.ready, prefer); j >= 0 {
+					i = j
+				}
+			}
+			m := p.ready[i]
+			p.ready = slices.Delete(p.ready, i, i+1)
 			p.waiting--
 			p.deferUntil = time.Now().Add(p.o.RefillDelay)
 			p.notify()

@@ -178,3 +178,39 @@ func TestRefillDelayElapses(t *testing.T) {
 		t.Fatalf("made %d, want 3", made.Load())
 	}
 }
+
+// TakePreferring hands out the longest-ready member prefer accepts, else
+// the longest-ready one; the others stay in order.
+func TestTakePreferring(t *testing.T) {
+	f, _ := counter()
+	p := New(f, Options{Target: 3})
+	p.Start()
+	defer p.Close()
+	if err := p.Wait(ctxT(t), 3); err != nil {
+		t.Fatal(err)
+	}
+	p.mu.Lock()
+	p.o.Target = 0 // no refills: the three members are all there is
+	var order []int64 // longest-ready first (factories run side by side)
+	for _, m := range p.ready {
+		order = append(order, m.n)
+	}
+	p.mu.Unlock()
+	take := func(prefer func(*member) bool) int64 {
+		t.Helper()
+		m, err := p.TakePreferring(ctxT(t), prefer)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return m.n
+	}
+	if got := take(func(m *member) bool { return m.n == order[1] }); got != order[1] {
+		t.Fatalf("took %d, want the preferred %d (ready: %v)", got, order[1], order)
+	}
+	if got := take(func(m *member) bool { return m.n == 99 }); got != order[0] {
+		t.Fatalf("took %d with no preferred member, want the longest-ready %d (ready: %v)", got, order[0], order)
+	}
+	if got := take(nil); got != order[2] {
+		t.Fatalf("took %d, want %d (ready: %v)", got, order[2], order)
+	}
+}
