@@ -190,7 +190,7 @@ func TestTakePreferring(t *testing.T) {
 		t.Fatal(err)
 	}
 	p.mu.Lock()
-	p.o.Target = 0 // no refills: the three members are all there is
+	p.o.Target = 0    // no refills: the three members are all there is
 	var order []int64 // longest-ready first (factories run side by side)
 	for _, m := range p.ready {
 		order = append(order, m.n)
