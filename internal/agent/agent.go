@@ -95,15 +95,7 @@ func Run(ctx context.Context, o Options) error {
 	if o.Runtimes == nil {
 		o.Runtimes = DefaultRuntimes()
 	}
-	a := &agent{
-		o:        o,
-		id:       o.Meta.SandboxID,
-		log:      o.Log,
-		started:  time.Now(),
-		runCtx:   ctx,
-		finished: make(chan struct{}),
-		closed:   make(chan struct{}),
-	}
+	a := newAgent(ctx, o)
 	nc, err := a.connect(ctx)
 	if err != nil {
 		if ctx.Err() != nil {
@@ -147,6 +139,20 @@ func Run(ctx context.Context, o Options) error {
 	}
 	a.drain()
 	return nil
+}
+
+// newAgent makes the agent of o (defaults already applied), which runs
+// until ctx ends.
+func newAgent(ctx context.Context, o Options) *agent {
+	return &agent{
+		o:        o,
+		id:       o.Meta.SandboxID,
+		log:      o.Log,
+		started:  time.Now(),
+		runCtx:   ctx,
+		finished: make(chan struct{}),
+		closed:   make(chan struct{}),
+	}
 }
 
 type agent struct {

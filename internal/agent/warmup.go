@@ -43,18 +43,11 @@ func WarmUp(ctx context.Context) error {
 	client, server := net.Pipe()
 	served := make(chan error, 1)
 	go func() { served <- playServer(server) }()
-	a := &agent{
-		o: Options{
-			Meta:   agentapi.Metadata{SandboxID: "warm-up", NATSURL: "nats://" + agentapi.GuestNATSAddr, Seed: string(seed)},
-			Dialer: &onceDialer{conn: client},
-		},
-		id:       "warm-up",
-		log:      slog.New(slog.DiscardHandler),
-		started:  time.Now(),
-		runCtx:   ctx,
-		finished: make(chan struct{}),
-		closed:   make(chan struct{}),
-	}
+	a := newAgent(ctx, Options{
+		Meta:   agentapi.Metadata{SandboxID: "warm-up", NATSURL: "nats://" + agentapi.GuestNATSAddr, Seed: string(seed)},
+		Log:    slog.New(slog.DiscardHandler),
+		Dialer: &onceDialer{conn: client},
+	})
 	// Natively it takes ≈ 3 ms, under TCG ≈ 0.1 s. A peer that stopped
 	// answering (a nats.go that speaks differently) must not hold a
 	// template's boot for long: the warm-up is optional.

@@ -57,11 +57,7 @@ func (s *artifactStore) acquire(hash string, fetch func(tmp string) (int64, erro
 		s.entries[hash] = e
 	}
 	e.refs++
-	if e.idleEl != nil {
-		s.idle.Remove(e.idleEl)
-		s.idleSz -= e.size
-		e.idleEl = nil
-	}
+	s.unidle(e)
 	s.mu.Unlock()
 
 	e.mu.Lock()
@@ -98,12 +94,17 @@ func (s *artifactStore) hold(hash string) (string, bool) {
 		return "", false
 	}
 	e.refs++
+	s.unidle(e)
+	return s.path(hash), true
+}
+
+// unidle takes e off the idle list, if it is there; s.mu is held.
+func (s *artifactStore) unidle(e *artifactEntry) {
 	if e.idleEl != nil {
 		s.idle.Remove(e.idleEl)
 		s.idleSz -= e.size
 		e.idleEl = nil
 	}
-	return s.path(hash), true
 }
 
 // release drops a reference; unused files stay cached within the limit.
