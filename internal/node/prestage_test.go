@@ -68,8 +68,18 @@ func (s *prestageSandbox) Stage(ctx context.Context, src, name string) (string, 
 	return s.Sandbox.Stage(ctx, src, name)
 }
 
-func newPrestageHarness(t *testing.T, prestage bool, poolSize int) (*harness, *prestageDriver) {
-	nex, _ := binaries(t)
+// prestageEnv is a node on prestageDriver with two artifacts uploaded: a,
+// the test workload, and b, the same bytes with more after the ELF's end
+// (which changes nothing but the hash).
+type prestageEnv struct {
+	h            *harness
+	d            *prestageDriver
+	evs          *eventLog
+	hashA, hashB string
+}
+
+func newPrestageEnv(t *testing.T, prestage bool, poolSize int) prestageEnv {
+	nex, wl := binaries(t)
 	var d *prestageDriver
 	h := newHarnessWithDriver(t, func(c *config.Config) { c.VMPrestage, c.MachinePoolSize = &prestage, &poolSize },
 		func(*config.Config) (driverOf, error) {
@@ -77,7 +87,12 @@ func newPrestageHarness(t *testing.T, prestage bool, poolSize int) (*harness, *p
 			d = &prestageDriver{Driver: pd}
 			return d, err
 		})
-	return h, d
+	a, err := os.ReadFile(wl)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := append(slices.Clone(a), "another artifact"...)
+	return prestageEnv{h: h, d: d, evs: h.events("$NEX.events.default.*"), hashA: h.upload("a", a), hashB: h.upload("b", b)}
 }
 
 // runJob deploys the test workload's "exit 0" from key and waits for it to
@@ -102,12 +117,8 @@ func runJob(t *testing.T, h *harness, evs *eventLog, key, hash string) {
 // joins the pool; a redeploy of it stages nothing, another artifact is
 // staged at its deploy as before.
 func TestPrestageLastArtifact(t *testing.T) {
-	h, d := newPrestageHarness(t, true, 1)
-	_, wl := binaries(t)
-	a, _ := os.ReadFile(wl)
-	b := append(slices.Clone(a), "another artifact"...) // bytes after an ELF's end change nothing but its hash
-	hashA, hashB := h.upload("a", a), h.upload("b", b)
-	evs := h.events("$NEX.events.default.*")
+	e := newPrestageEnv(t, true, 1)
+	h, d, evs, hashA, hashB := e.h, e.d, e.evs, e.hashA, e.hashB
 	var mu sync.Mutex
 	var deploys []agentapi.Deploy // what the agents were asked
 	h.node.testHookBeforeAgentDeploy = func(_ sandbox.Sandbox, d *agentapi.Deploy) {
@@ -171,11 +182,8 @@ func TestPrestageLastArtifact(t *testing.T) {
 
 // vm_prestage false: sandboxes get files only at their deploy.
 func TestPrestageOff(t *testing.T) {
-	h, d := newPrestageHarness(t, false, 1)
-	_, wl := binaries(t)
-	a, _ := os.ReadFile(wl)
-	hashA := h.upload("a", a)
-	evs := h.events("$NEX.events.default.*")
+	e := newPrestageEnv(t, false, 1)
+	h, d, evs, hashA := e.h, e.d, e.evs, e.hashA
 	runJob(t, h, evs, "a", hashA)
 	runJob(t, h, evs, "a", hashA)
 	h.assertClean(t)
@@ -187,12 +195,8 @@ func TestPrestageOff(t *testing.T) {
 // A sandbox that a deploy is already waiting for gets nothing ahead: the
 // deploy stages its own artifact into it at once.
 func TestPrestageSkippedForAWaitingDeploy(t *testing.T) {
-	h, d := newPrestageHarness(t, true, 1)
-	_, wl := binaries(t)
-	a, _ := os.ReadFile(wl)
-	b := append(slices.Clone(a), "another artifact"...)
-	hashA, hashB := h.upload("a", a), h.upload("b", b)
-	evs := h.events("$NEX.events.default.*")
+	e := newPrestageEnv(t, true, 1)
+	h, d, evs, hashA, hashB := e.h, e.d, e.evs, e.hashA, e.hashB
 	runJob(t, h, evs, "a", hashA)
 	eventually(t, 20*time.Second, "the refill to get a staged ahead", func() bool { return len(d.calls()) == 2 })
 
@@ -227,11 +231,8 @@ func TestPrestageSkippedForAWaitingDeploy(t *testing.T) {
 // A deploy takes a pooled sandbox that holds its artifact already over one
 // that has waited longer without it.
 func TestPrestagedSandboxPreferred(t *testing.T) {
-	h, d := newPrestageHarness(t, true, 2)
-	_, wl := binaries(t)
-	a, _ := os.ReadFile(wl)
-	hashA := h.upload("a", a)
-	evs := h.events("$NEX.events.default.*")
+	e := newPrestageEnv(t, true, 2)
+	h, d, evs, hashA := e.h, e.d, e.evs, e.hashA
 	if err := h.node.pool.Wait(h.ctx(), 2); err != nil {
 		t.Fatal(err)
 	}
