@@ -43,6 +43,9 @@ type Options struct {
 	Dialer nats.CustomDialer
 	// Runtimes by workload type. Nil: DefaultRuntimes().
 	Runtimes map[string]workload.Runtime
+	// Handshaken, if set, is called once the node has accepted the
+	// handshake: work that need not delay it (a VM's boot line) waits for it.
+	Handshaken func()
 }
 
 // DefaultRuntimes are the workload types an agent runs unless told otherwise.
@@ -127,6 +130,9 @@ func Run(ctx context.Context, o Options) error {
 		return err
 	}
 
+	if a.o.Handshaken != nil {
+		a.o.Handshaken()
+	}
 	select {
 	case <-a.finished:
 	case <-ctx.Done():

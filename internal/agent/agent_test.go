@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -227,21 +228,29 @@ func TestHandshakeRefused(t *testing.T) {
 	if err := h.Node.Flush(); err != nil {
 		t.Fatal(err)
 	}
-	err = waitRun(t, runAgent(t, testCtx(t), a, agent.Options{}))
+	var handshaken atomic.Int32
+	err = waitRun(t, runAgent(t, testCtx(t), a, agent.Options{Handshaken: func() { handshaken.Add(1) }}))
 	if err == nil || !strings.Contains(err.Error(), "unknown sandbox") {
 		t.Fatalf("Run = %v; want the node's refusal", err)
+	}
+	if n := handshaken.Load(); n != 0 {
+		t.Fatalf("Handshaken called %d times after a refused handshake", n)
 	}
 }
 
 func TestHandshakeRetriedUntilNodeListens(t *testing.T) {
 	h := sandboxtest.NewHarness(t)
 	a := h.AddMuteAgent("late1")
-	done := runAgent(t, testCtx(t), a, agent.Options{})
+	var handshaken atomic.Int32
+	done := runAgent(t, testCtx(t), a, agent.Options{Handshaken: func() { handshaken.Add(1) }})
 	// The agent asks, and asks again when nobody answers (the mute agent
 	// only records).
 	err := poll(testCtx(t), func() bool { return len(a.Handshakes()) >= 2 })
 	if err != nil {
 		t.Fatalf("handshake not retried: %d attempts", len(a.Handshakes()))
+	}
+	if n := handshaken.Load(); n != 0 {
+		t.Fatalf("Handshaken called %d times before the node answered", n)
 	}
 	answered := make(chan struct{}, 10)
 	sub, err := h.Node.Subscribe(agentapi.HandshakeSubject(a.ID), func(m *nats.Msg) {
@@ -257,11 +266,17 @@ func TestHandshakeRetriedUntilNodeListens(t *testing.T) {
 		t.Fatal(err)
 	}
 	<-answered
+	if err := poll(testCtx(t), func() bool { return handshaken.Load() > 0 }); err != nil {
+		t.Fatal("Handshaken not called after the node answered")
+	}
 	if r, err := a.Undeploy(testCtx(t), ""); err != nil || !r.OK {
 		t.Fatalf("undeploy = %+v, %v", r, err)
 	}
 	if err := waitRun(t, done); err != nil {
 		t.Fatalf("Run = %v; want nil after an accepted handshake and an undeploy", err)
+	}
+	if n := handshaken.Load(); n != 1 {
+		t.Fatalf("Handshaken called %d times; want once, after the accepted handshake", n)
 	}
 }
 

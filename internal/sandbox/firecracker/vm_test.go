@@ -106,10 +106,15 @@ func TestVMBoot(t *testing.T) {
 	if got := strings.Join(paths, " "); got != "/machine-config /boot-source /vsock /actions" {
 		t.Errorf("requests %s", got)
 	}
-	console, _ := os.ReadFile(filepath.Join(spec.Dir, ConsoleFile))
 	// The guest has no config port here: init reads its identity from the
-	// kernel command line, as under Firecracker.
+	// kernel command line, as under Firecracker. Its "booted" line comes
+	// once the handshake is answered, so it may still be on its way.
+	var console []byte
 	for _, want := range []string{"role=init", `via="kernel command line"`, "sandbox=vmboot1"} {
+		for !strings.Contains(string(console), want) && ctx.Err() == nil {
+			time.Sleep(20 * time.Millisecond)
+			console, _ = os.ReadFile(filepath.Join(spec.Dir, ConsoleFile))
+		}
 		if !strings.Contains(string(console), want) {
 			t.Errorf("console.log lacks %q:\n%s", want, tail(console))
 		}

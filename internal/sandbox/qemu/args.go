@@ -157,10 +157,14 @@ func (m machine) args() []string {
 	if m.TSCkHz > 0 {
 		cmdline += " tsc_early_khz=" + strconv.Itoa(m.TSCkHz)
 	}
+	// A clone's guest comes from the template's RAM and device state: QEMU
+	// need not read the kernel and initramfs (40 MB) into its boot
+	// firmware's tables, which took a clone's QEMU ≈ 5 ms longer to start
+	// and kept ≈ 2 MiB more of it resident.
+	if !m.Incoming {
+		a = append(a, "-kernel", m.Kernel, "-initrd", m.Initrd, "-append", cmdline)
+	}
 	a = append(a,
-		"-kernel", m.Kernel,
-		"-initrd", m.Initrd,
-		"-append", cmdline,
 		"-serial", "file:"+consoleFile,
 		// The config channel: the driver listens on agent.sock, QEMU dials it.
 		"-device", "virtio-serial-device",

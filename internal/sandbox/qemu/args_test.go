@@ -44,10 +44,12 @@ func TestArgsGolden(t *testing.T) {
 
 	noACPI := clone
 	noACPI.NoACPI = true
+	noACPICold := base
+	noACPICold.NoACPI = true
 
 	for name, m := range map[string]machine{
 		"cold_tcg": base, "cold_kvm": kvm, "cold_tcg_2vcpu": tcgSMP, "template": template, "clone": clone,
-		"no_tsc": noTSC, "comma_in_path": comma, "no_acpi_clone": noACPI,
+		"no_tsc": noTSC, "comma_in_path": comma, "no_acpi_clone": noACPI, "no_acpi_cold": noACPICold,
 	} {
 		t.Run(name, func(t *testing.T) {
 			got := strings.Join(m.args(), "\n") + "\n"
