@@ -181,6 +181,8 @@ func TestQEMUArgs(t *testing.T) {
 		"-serial stdio", "nex.nats=nats://10.0.2.100:4222",
 		"-netdev user,id=n0,restrict=on,guestfwd=tcp:10.0.2.100:4222-cmd:'/usr/bin/nex' 'vm-forward' 'unix:/state/sb1/v.sock_4222'",
 		"-device virtio-net-device,netdev=n0",
+		// reboot=k must end QEMU as it ends Firecracker.
+		"-no-reboot", "-device i8042",
 	} {
 		if !strings.Contains(line, want) {
 			t.Errorf("args lack %q:\n%s", want, line)

@@ -113,6 +113,12 @@ func (q QEMU) Args(m Machine) ([]string, error) {
 		"-smp", strconv.Itoa(m.VCPUCount),
 		"-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
 		"-accel", string(kind),
+		// Firecracker's i8042, whose reset line is how a guest booted with
+		// reboot=k ends it: with -no-reboot, QEMU exits on the same pulse.
+		// Without one the kernel's reboot falls through to a jump into the
+		// firmware, which usually ended QEMU with a triple fault but once
+		// in a CI run left the guest hung and the VMM running.
+		"-device", "i8042",
 	}
 	if kind == accel.KVM {
 		a = append(a, "-cpu", "host")
@@ -196,8 +202,9 @@ func (v *qemuVM) Err() error {
 }
 
 // CtrlAltDel: the guest kernel's default reaction is an immediate reboot,
-// which with reboot=k ends Firecracker. QEMU's microvm has no i8042 to press
-// the keys on, so the end is emulated: SIGTERM makes QEMU exit cleanly.
+// which with reboot=k ends Firecracker. The stand-in keeps no QEMU monitor
+// to press the keys through, so the end is emulated: SIGTERM makes QEMU
+// exit cleanly.
 func (v *qemuVM) CtrlAltDel() error { return v.cmd.Process.Signal(syscall.SIGTERM) }
 
 func (v *qemuVM) Kill() { _ = v.cmd.Process.Kill() }
