@@ -70,6 +70,23 @@ func WarmUp(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("warm-up: %w", err)
 	}
+	return warmDeployCodecs()
+}
+
+// warmDeployCodecs builds encoding/json's codecs of what a deploy's path
+// decodes and encodes (the deploy, the agent's reply, its event and log
+// lines), which a template's agent would otherwise build only at its
+// first deploy, in every clone.
+func warmDeployCodecs() error {
+	var d agentapi.Deploy
+	if err := json.Unmarshal([]byte(`{"workload_id":"w","name":"n","argv":["a"],"env":{"K":"v"},"size":1,"unstage":["u"]}`), &d); err != nil {
+		return fmt.Errorf("warm-up: %w", err)
+	}
+	for _, v := range []any{agentapi.Reply{OK: true}, agentapi.Event{Type: agentapi.EventWorkloadStarted}, agentapi.LogLine{Time: time.Now()}} {
+		if _, err := json.Marshal(v); err != nil {
+			return fmt.Errorf("warm-up: %w", err)
+		}
+	}
 	return nil
 }
 
