@@ -14,12 +14,7 @@ func TestArtifactStoreSharesCachesAndEvicts(t *testing.T) {
 		t.Fatal(err)
 	}
 	fetches := 0
-	fetch := func(size int) func(string) (int64, error) {
-		return func(tmp string) (int64, error) {
-			fetches++
-			return int64(size), os.WriteFile(tmp, make([]byte, size), 0o600)
-		}
-	}
+	fetch := func(size int) func(string) (int64, error) { return writeBytes(size, &fetches) }
 	p1, _, cached, err := s.acquire("a", fetch(6))
 	if err != nil || cached {
 		t.Fatal(err, cached)
@@ -65,7 +60,7 @@ func TestArtifactStoreHold(t *testing.T) {
 	if _, ok := s.hold("a"); ok {
 		t.Fatal("held an artifact the store never had")
 	}
-	if _, _, _, err := s.acquire("a", func(tmp string) (int64, error) { return 6, os.WriteFile(tmp, make([]byte, 6), 0o600) }); err != nil {
+	if _, _, _, err := s.acquire("a", writeBytes(6, nil)); err != nil {
 		t.Fatal(err)
 	}
 	s.release("a") // idle, cached
@@ -74,7 +69,7 @@ func TestArtifactStoreHold(t *testing.T) {
 		t.Fatalf("hold of a cached artifact: %q, %v, in use %d", p, ok, s.inUse())
 	}
 	// Another artifact would evict a were it idle; held, it stays.
-	if _, _, _, err := s.acquire("b", func(tmp string) (int64, error) { return 6, os.WriteFile(tmp, make([]byte, 6), 0o600) }); err != nil {
+	if _, _, _, err := s.acquire("b", writeBytes(6, nil)); err != nil {
 		t.Fatal(err)
 	}
 	s.release("b")
@@ -84,5 +79,16 @@ func TestArtifactStoreHold(t *testing.T) {
 	s.release("a")
 	if s.inUse() != 0 {
 		t.Fatalf("in use %d after release", s.inUse())
+	}
+}
+
+// writeBytes is a fetch that writes size zero bytes, counting its calls
+// in fetches when that is not nil.
+func writeBytes(size int, fetches *int) func(string) (int64, error) {
+	return func(tmp string) (int64, error) {
+		if fetches != nil {
+			*fetches++
+		}
+		return int64(size), os.WriteFile(tmp, make([]byte, size), 0o600)
 	}
 }
