@@ -23,6 +23,16 @@ const (
 	stageDisk   = "stage.img"
 )
 
+// Descriptors QEMU inherits (vm.extraFiles, in this order). The driver
+// listens on qmp.sock itself and hands QEMU the listening socket, so a
+// connection to it succeeds from the moment QEMU starts, and QMP is read
+// as soon as QEMU writes, with no retries while it initializes. A clone
+// reads its template's device state from an inherited descriptor too.
+const (
+	qmpFD   = 3
+	stateFD = 4
+)
+
 // Guest kernel command line. Every option is there for boot time or
 // reliability on microvm (shared/notes/microvm-on-this-host.md):
 // tsc_early_khz avoids the TSC calibration hang that stalled ~20 % of boots,
@@ -79,7 +89,7 @@ type ramFile struct {
 
 // machine is everything a QEMU command line is made of. Paths of the
 // sandbox's own files are relative to its directory (QEMU's cwd); Kernel,
-// Initrd, RAM and Incoming are absolute.
+// Initrd and RAM are absolute.
 type machine struct {
 	Name      string
 	Kernel    string
@@ -91,7 +101,8 @@ type machine struct {
 	TBSizeMiB int
 	TSCkHz    int // 0: unknown, left out
 	RAM       *ramFile
-	// Incoming makes QEMU wait for QMP migrate-incoming (snapshot clones).
+	// Incoming makes QEMU wait for QMP migrate-incoming (snapshot clones),
+	// which loads the state from descriptor stateFD.
 	Incoming bool
 	// NoACPI boots without ACPI tables: QEMU lists the virtio-mmio devices
 	// on the kernel command line instead, for a kernel that reads them there
@@ -188,12 +199,20 @@ func (m machine) args() []string {
 		// clone map) ≈ 3 MiB more for its requests.
 		"-drive", "if=none,id=stage,format=raw,readonly=on,file="+stageDisk,
 		"-device", "virtio-blk-device,drive=stage,queue-size=16,serial="+agentapi.StageDiskSerial,
-		"-qmp", "unix:"+qmpSock+",server=on,wait=off",
 	)
+	a = append(a, qmpArgs()...)
 	if m.Incoming {
 		a = append(a, "-incoming", "defer")
 	}
 	return a
+}
+
+// qmpArgs put QMP on the listening socket the driver made (qmpFD).
+func qmpArgs() []string {
+	return []string{
+		"-chardev", "socket,id=qmp,fd=" + strconv.Itoa(qmpFD) + ",server=on,wait=off",
+		"-mon", "chardev=qmp,mode=control",
+	}
 }
 
 // qemuOptValue escapes a value inside a QEMU -object/-device option string,

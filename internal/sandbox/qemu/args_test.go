@@ -126,9 +126,9 @@ func TestBootSteps(t *testing.T) {
 		steps steps
 		want  string
 	}{
-		{"cold", coldBoot(), "prepare dir, listen config socket, create stage disk, listen file socket, listen nats port socket, build args, launch, write pid, log machine started, serve config channel"},
-		{"clone", cloneBoot(), "prepare dir, listen config socket, create stage disk, listen file socket, listen nats port socket, build args, launch, write pid, restore snapshot, log machine started, serve config channel"},
-		{"template", templateBoot(), "prepare dir, listen config socket, create stage disk, listen file socket, listen nats port socket, build args, launch, write pid, log machine started, await guest ready, save snapshot, quit"},
+		{"cold", coldBoot(), "prepare dir, listen config socket, create stage disk, listen file socket, listen nats port socket, listen qmp socket, build args, launch, write pid, log machine started, serve config channel"},
+		{"clone", cloneBoot(), "prepare dir, listen config socket, create stage disk, listen file socket, listen nats port socket, listen qmp socket, build args, launch, write pid, restore snapshot, log machine started, serve config channel"},
+		{"template", templateBoot(), "prepare dir, listen config socket, create stage disk, listen file socket, listen nats port socket, listen qmp socket, build args, launch, write pid, log machine started, await guest ready, save snapshot, quit"},
 	}
 	for _, tt := range tests {
 		if got := names(tt.steps); got != tt.want {

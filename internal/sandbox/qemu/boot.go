@@ -29,6 +29,7 @@ const (
 	stepStageDisk     = "create stage disk"
 	stepListenFiles   = "listen file socket"
 	stepListenNATS    = "listen nats port socket"
+	stepListenQMP     = "listen qmp socket"
 	stepBuildArgs     = "build args"
 	stepLaunch        = "launch"
 	stepWritePID      = "write pid"
@@ -49,6 +50,7 @@ func coldBoot() steps {
 		{Name: stepStageDisk, Run: createStageDisk},
 		{Name: stepListenFiles, Run: listenFiles},
 		{Name: stepListenNATS, Run: listenNATSPort},
+		{Name: stepListenQMP, Run: listenQMP},
 		{Name: stepBuildArgs, Run: buildArgs},
 		{Name: stepLaunch, Run: launch},
 		{Name: stepWritePID, Run: writePID},
@@ -159,6 +161,8 @@ func listenFiles(ctx context.Context, v *vm) error {
 	v.files = newFilePort(ln, v.path(stageDisk), v.log)
 	return nil
 }
+
+func listenQMP(ctx context.Context, v *vm) error { return v.listenQMP() }
 
 func buildArgs(ctx context.Context, v *vm) error {
 	v.args = v.mach.args()

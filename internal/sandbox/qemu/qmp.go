@@ -8,16 +8,17 @@ import (
 	"fmt"
 	"net"
 	"os"
-	"syscall"
 	"time"
 )
 
 // qmp is a minimal client of the QEMU Machine Protocol: one command at a
-// time over a unix socket, events read and dropped. That is all the driver
-// needs (quit, migration, status) and keeps a dependency out.
+// time over a unix socket; events are noted by name, for waitEvent, and
+// otherwise dropped. That is all the driver needs (quit, migration,
+// status) and keeps a dependency out.
 type qmp struct {
 	conn net.Conn
 	r    *bufio.Reader
+	seen map[string]bool // events read so far
 }
 
 // QMPError is an error QEMU returned for a command.
@@ -41,29 +42,21 @@ type qmpReply struct {
 }
 
 // dialQMP connects to QEMU's QMP socket, reads the greeting and leaves
-// capabilities negotiation mode. QEMU creates the socket shortly after it
-// starts, so a missing or refusing socket is retried until ctx ends.
+// capabilities negotiation mode. The socket listens from before QEMU starts
+// (the driver made it, qmpFD), so a connection that fails means QEMU has
+// gone; one made while QEMU initializes waits for its greeting.
 func dialQMP(ctx context.Context, path string) (*qmp, error) {
 	var d net.Dialer
-	for {
-		conn, err := d.DialContext(ctx, "unix", path)
-		if err == nil {
-			q := &qmp{conn: conn, r: bufio.NewReader(conn)}
-			if err := q.handshake(ctx); err != nil {
-				conn.Close()
-				return nil, err
-			}
-			return q, nil
-		}
-		if !errors.Is(err, os.ErrNotExist) && !errors.Is(err, syscall.ECONNREFUSED) {
-			return nil, fmt.Errorf("qmp dial %s: %w", path, err)
-		}
-		select {
-		case <-ctx.Done():
-			return nil, fmt.Errorf("qmp dial %s: %w (last: %v)", path, ctx.Err(), err)
-		case <-time.After(5 * time.Millisecond):
-		}
+	conn, err := d.DialContext(ctx, "unix", path)
+	if err != nil {
+		return nil, fmt.Errorf("qmp dial: %w", err)
 	}
+	q := &qmp{conn: conn, r: bufio.NewReader(conn)}
+	if err := q.handshake(ctx); err != nil {
+		conn.Close()
+		return nil, err
+	}
+	return q, nil
 }
 
 func (q *qmp) handshake(ctx context.Context) error {
@@ -101,6 +94,7 @@ func (q *qmp) exec(ctx context.Context, command string, args, out any) error {
 		}
 		switch {
 		case msg.Event != "":
+			q.note(msg.Event)
 			continue
 		case msg.Error != nil:
 			msg.Error.Command = command
@@ -115,6 +109,30 @@ func (q *qmp) exec(ctx context.Context, command string, args, out any) error {
 			return nil
 		}
 	}
+}
+
+// waitEvent returns once QEMU has sent the event name, on this connection
+// and at any time since it was made.
+func (q *qmp) waitEvent(ctx context.Context, name string) error {
+	stop := q.bind(ctx)
+	defer stop()
+	for !q.seen[name] {
+		msg, err := q.read()
+		if err != nil {
+			return fmt.Errorf("qmp: waiting for %s: %w", name, ctxErr(ctx, err))
+		}
+		if msg.Event != "" {
+			q.note(msg.Event)
+		}
+	}
+	return nil
+}
+
+func (q *qmp) note(event string) {
+	if q.seen == nil {
+		q.seen = map[string]bool{}
+	}
+	q.seen[event] = true
 }
 
 func (q *qmp) read() (qmpReply, error) {
@@ -138,9 +156,15 @@ func (q *qmp) bind(ctx context.Context) (stop func()) {
 	return func() { unhook(); q.conn.SetDeadline(time.Time{}) }
 }
 
+// ctxErr says when an I/O error is ctx's doing. The connection's deadline
+// is ctx's, and may pass a moment before ctx itself reports it.
 func ctxErr(ctx context.Context, err error) error {
-	if ctx.Err() != nil {
-		return fmt.Errorf("%w (%v)", ctx.Err(), err)
+	cerr := ctx.Err()
+	if dl, ok := ctx.Deadline(); ok && cerr == nil && errors.Is(err, os.ErrDeadlineExceeded) && !time.Now().Before(dl) {
+		cerr = context.DeadlineExceeded
+	}
+	if cerr != nil {
+		return fmt.Errorf("%w (%v)", cerr, err)
 	}
 	return err
 }

@@ -1,9 +1,12 @@
 package qemu
 
 import (
+	"bufio"
 	"context"
 	"errors"
+	"io"
 	"log/slog"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -26,15 +29,21 @@ func requireQEMU(t testing.TB) string {
 	return bin
 }
 
-// startPaused runs a microvm that never starts its CPU (-S): enough to talk
-// QMP to a real QEMU without a guest image.
+// startPaused runs a microvm that never starts its CPU (-S), with QMP on
+// an inherited listening socket as the driver runs it: enough to talk QMP
+// to a real QEMU without a guest image.
 func startPaused(t *testing.T) (qmpPath string, cmd *exec.Cmd) {
 	t.Helper()
 	bin := requireQEMU(t)
-	dir := t.TempDir()
-	cmd = exec.Command(bin, "-M", "microvm", "-m", "32", "-nodefaults", "-no-user-config",
-		"-nographic", "-accel", "tcg", "-S", "-qmp", "unix:"+qmpSock+",server=on,wait=off")
-	cmd.Dir = dir
+	v := &vm{dir: t.TempDir()}
+	if err := v.listenQMP(); err != nil {
+		t.Fatal(err)
+	}
+	defer v.closeInherited()
+	cmd = exec.Command(bin, append([]string{"-M", "microvm", "-m", "32", "-nodefaults", "-no-user-config",
+		"-nographic", "-accel", "tcg", "-S"}, qmpArgs()...)...)
+	cmd.Dir = v.dir
+	cmd.ExtraFiles = []*os.File{v.qmpFile}
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -43,7 +52,7 @@ func startPaused(t *testing.T) (qmpPath string, cmd *exec.Cmd) {
 		cmd.Process.Kill()
 		cmd.Wait()
 	})
-	return filepath.Join(dir, qmpSock), cmd
+	return v.path(qmpSock), cmd
 }
 
 func TestQMPAgainstQEMU(t *testing.T) {
@@ -99,12 +108,66 @@ func TestQMPAgainstQEMU(t *testing.T) {
 	}
 }
 
-func TestQMPDialHonoursContext(t *testing.T) {
-	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+// TestQMPDial: a socket nobody listens on fails at once (QEMU, which
+// holds the listening socket, has gone); one whose QEMU never greets waits
+// for the context.
+func TestQMPDial(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	_, err := dialQMP(ctx, filepath.Join(t.TempDir(), "missing.sock"))
-	if !errors.Is(err, context.DeadlineExceeded) {
-		t.Fatalf("dial of a socket that never appears: %v, want deadline exceeded", err)
+	if _, err := dialQMP(ctx, filepath.Join(t.TempDir(), "missing.sock")); err == nil || ctx.Err() != nil {
+		t.Fatalf("dial of a missing socket: %v after %v; want an error at once", err, ctx.Err())
+	}
+
+	v := &vm{dir: t.TempDir()}
+	if err := v.listenQMP(); err != nil {
+		t.Fatal(err)
+	}
+	defer v.closeInherited() // a listening socket that never accepts: a QEMU still starting
+	ctx, cancel = context.WithTimeout(context.Background(), 50*time.Millisecond)
+	defer cancel()
+	if _, err := dialQMP(ctx, v.path(qmpSock)); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("dial of a QEMU that never greets: %v, want deadline exceeded", err)
+	}
+}
+
+// TestQMPWaitEvent: an event QEMU sends while a command runs is not lost
+// to a later wait for it, and a wait ends when the event comes.
+func TestQMPWaitEvent(t *testing.T) {
+	client, server := net.Pipe()
+	defer client.Close()
+	go func() {
+		defer server.Close()
+		r := bufio.NewReader(server)
+		for _, out := range []string{
+			`{"event":"STOP"}` + "\n" + `{"return":{}}` + "\n",
+			`{"return":{}}` + "\n" + `{"event":"RESUME"}` + "\n",
+		} {
+			if _, err := r.ReadString('\n'); err != nil {
+				return
+			}
+			io.WriteString(server, out)
+		}
+		io.Copy(io.Discard, r)
+	}()
+	q := &qmp{conn: client, r: bufio.NewReader(client)}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := q.exec(ctx, "stop", nil, nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := q.waitEvent(ctx, "STOP"); err != nil {
+		t.Fatalf("STOP came with the command's reply: %v", err)
+	}
+	if err := q.exec(ctx, "cont", nil, nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := q.waitEvent(ctx, "RESUME"); err != nil {
+		t.Fatalf("RESUME came after the reply: %v", err)
+	}
+	short, cancel2 := context.WithTimeout(ctx, 50*time.Millisecond)
+	defer cancel2()
+	if err := q.waitEvent(short, "SHUTDOWN"); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("wait for an event that never comes: %v, want deadline exceeded", err)
 	}
 }
 
@@ -144,8 +207,11 @@ func TestStopAndExitErrors(t *testing.T) {
 
 	// A QEMU that keeps running (paused before its first instruction).
 	v := d.newVM("vmstop", t.TempDir(), Shape{VCPU: 1, MemoryMiB: 32})
-	v.args = []string{"-M", "microvm", "-m", "32", "-nodefaults", "-no-user-config", "-nographic",
-		"-accel", "tcg", "-S", "-qmp", "unix:" + qmpSock + ",server=on,wait=off"}
+	v.args = append([]string{"-M", "microvm", "-m", "32", "-nodefaults", "-no-user-config", "-nographic",
+		"-accel", "tcg", "-S"}, qmpArgs()...)
+	if err := v.listenQMP(); err != nil {
+		t.Fatal(err)
+	}
 	if err := v.launch(); err != nil {
 		t.Fatal(err)
 	}

@@ -335,8 +335,14 @@ func buildTemplateArgs(ctx context.Context, v *vm) error {
 }
 
 // buildCloneArgs is the cold command line with RAM mapped privately from the
-// template's file and QEMU told to wait for the incoming state.
+// template's file and QEMU told to wait for the incoming state, which it
+// will read from the template's state file, open here (stateFD).
 func buildCloneArgs(ctx context.Context, v *vm) error {
+	f, err := os.Open(v.clone.state)
+	if err != nil {
+		return fmt.Errorf("%w: %w", errRestore, err)
+	}
+	v.state = f
 	v.mach.RAM = &ramFile{Path: v.clone.ram, Shared: false}
 	v.mach.Incoming = true
 	v.args = v.mach.args()
@@ -366,19 +372,13 @@ func loadTemplate(ctx context.Context, v *vm) error {
 	if err := q.setCapability(ctx, "x-ignore-shared", true); err != nil {
 		return err
 	}
-	uri := "exec:cat " + shellQuote(v.clone.state)
+	uri := "fd:" + strconv.Itoa(stateFD)
 	if err := q.exec(ctx, "migrate-incoming", map[string]string{"uri": uri}, nil); err != nil {
 		return err
 	}
-	// The guest resumes by itself when the stream is loaded (no -S); a
-	// failed load makes QEMU exit, which ends the wait below.
-	return poll(ctx, v, func() (bool, error) {
-		st, err := q.status(ctx)
-		if err != nil {
-			return false, err
-		}
-		return st.Running, nil
-	})
+	// The guest resumes by itself when the stream is loaded (no -S), and
+	// QEMU says so; a failed load makes QEMU exit, which ends the wait.
+	return q.waitEvent(ctx, "RESUME")
 }
 
 // saveSnapshot migrates the running template to a file. The guest is not

@@ -52,7 +52,10 @@ type vm struct {
 	// split boot time there: before it, the VMM and kernel; after, the agent).
 	configured chan struct{}
 	stderr     bytes.Buffer // QEMU's own messages (bounded by what QEMU says)
-	conn       atomic.Pointer[net.Conn]
+	// qmpFile (qmpFD) and, for a clone, state (stateFD) are what QEMU
+	// inherits; the driver's copies are closed once QEMU has started.
+	qmpFile, state *os.File
+	conn           atomic.Pointer[net.Conn]
 
 	proc *vmm.Process // nil until launched
 }
@@ -106,8 +109,13 @@ func (v *vm) launch() error {
 	if err != nil {
 		return err
 	}
+	defer v.closeInherited()
 	cmd := exec.Command(bin, v.args...)
 	cmd.Dir = v.dir
+	cmd.ExtraFiles = []*os.File{v.qmpFile} // qmpFD
+	if v.state != nil {
+		cmd.ExtraFiles = append(cmd.ExtraFiles, v.state) // stateFD
+	}
 	cmd.Stdout = &v.stderr
 	cmd.Stderr = &v.stderr
 	v.proc, err = vmm.Start(cmd, vmm.Options{
@@ -118,6 +126,16 @@ func (v *vm) launch() error {
 		OnExit:  v.closeChannels,
 	})
 	return err
+}
+
+// closeInherited closes the driver's copies of what QEMU inherits.
+func (v *vm) closeInherited() {
+	for _, f := range []*os.File{v.qmpFile, v.state} {
+		if f != nil {
+			f.Close()
+		}
+	}
+	v.qmpFile, v.state = nil, nil
 }
 
 // closeChannels closes the host ends of the config, file and NATS ports:
@@ -155,6 +173,7 @@ func (v *vm) abort() {
 	if v.proc != nil {
 		v.proc.Abort()
 	}
+	v.closeInherited()
 	v.closeChannels()
 }
 
@@ -178,6 +197,24 @@ func (v *vm) Stop(ctx context.Context) error {
 	if err := v.proc.Stop(ctx, quit, quitTimeout, killGrace); err != nil {
 		return fmt.Errorf("stop vm %s: %w", v.id, err)
 	}
+	return nil
+}
+
+// listenQMP makes QMP's listening socket for QEMU to inherit: once QEMU
+// has it, the socket file stays (QEMU does not know its name) until
+// removeStale deletes it before the directory's next VM.
+func (v *vm) listenQMP() error {
+	ln, err := v.listenUnix(qmpSock)
+	if err != nil {
+		return err
+	}
+	ln.SetUnlinkOnClose(false)
+	f, err := ln.File()
+	ln.Close()
+	if err != nil {
+		return fmt.Errorf("qmp socket: %w", err)
+	}
+	v.qmpFile = f
 	return nil
 }
 
