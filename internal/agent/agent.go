@@ -46,6 +46,10 @@ type Options struct {
 	// Handshaken, if set, is called once the node has accepted the
 	// handshake: work that need not delay it (a VM's boot line) waits for it.
 	Handshaken func()
+	// Rehearsal, if set, is a command (argv[0] a path) of the sandbox's
+	// own that exits 0 by itself at once. The agent runs it once after its
+	// handshake, before any deploy, to rehearse a deploy (rehearse.go).
+	Rehearsal []string
 }
 
 // DefaultRuntimes are the workload types an agent runs unless told otherwise.
@@ -133,6 +137,9 @@ func Run(ctx context.Context, o Options) error {
 	if a.o.Handshaken != nil {
 		a.o.Handshaken()
 	}
+	if len(a.o.Rehearsal) > 0 {
+		a.startRehearsal()
+	}
 	select {
 	case <-a.finished:
 	case <-ctx.Done():
@@ -177,6 +184,8 @@ type agent struct {
 	// undeployReplied, while an undeploy is answered, is closed once the
 	// reply is out, so the exit event follows the reply.
 	undeployReplied chan struct{}
+	rehearsal       *rehearsal // nil: none was started
+	rehearsalOver   bool       // a deploy or stop has ended it (or came first)
 
 	finished   chan struct{} // Run may end: the workload's end is reported
 	finishOnce sync.Once
@@ -308,6 +317,7 @@ func (a *agent) handleUndeploy(m *nats.Msg) {
 // workload gets SIGTERM and, after stopGrace, SIGKILL. It returns once the
 // workload has ended; whoever owns the workload's end then calls finish.
 func (a *agent) stop() {
+	a.endRehearsal()
 	a.mu.Lock()
 	a.stopping = true
 	wl, cancel, busy := a.wl, a.cancelDeploy, a.busy

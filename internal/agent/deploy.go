@@ -56,6 +56,8 @@ func (a *agent) deploy(d *agentapi.Deploy) (err error) {
 		return errors.New("deploy has no artifact hash")
 	}
 
+	// The rehearsal's process goes before the workload comes.
+	a.endRehearsal()
 	ctx, cancel := context.WithCancel(a.runCtx)
 	defer cancel()
 	a.mu.Lock()

@@ -26,7 +26,7 @@ import (
 // builderVersion is part of every image hash; bump it when the layout of the
 // initramfs or the way it is made changes, so old cache entries are not
 // reused.
-const builderVersion = "nex-guestimage/1"
+const builderVersion = "nex-guestimage/2"
 
 // File names inside an image's cache directory, and paths inside the
 // initramfs that vminit relies on.
@@ -303,6 +303,9 @@ func writeInitramfs(w *bytes.Buffer, agent []byte, mods []Module, modData [][]by
 		cpio.Dir("run", 0o755),
 		cpio.Dir("sys", 0o555),
 		cpio.Dir("tmp", 0o1777),
+	}
+	if f, err := elf.NewFile(bytes.NewReader(agent)); err == nil && f.Machine == elf.EM_X86_64 {
+		recs = append(recs, cpio.Dir("bin", 0o755), cpio.File(TrueFile, 0o755, trueELF()))
 	}
 	for i, m := range mods {
 		recs = append(recs, cpio.File(ModulesDir+"/"+m.File(), 0o644, modData[i]))

@@ -570,7 +570,18 @@ func (v *vm) runAgent(ctx context.Context, log *slog.Logger, handshaken func()) 
 		WorkDir:          workDir,
 		StagedDir:        agentapi.StagedDir,
 		Dialer:           v.agentDial,
+		Rehearsal:        rehearsal(),
 	})
+}
+
+// rehearsal is the program the agent rehearses a deploy with: the image's
+// true (guestimage.TrueFile), absent from images for other machines.
+func rehearsal() []string {
+	p := "/" + guestimage.TrueFile
+	if _, err := os.Stat(p); err != nil {
+		return nil
+	}
+	return []string{p}
 }
 
 func makeWorkDir(context.Context) error { return os.MkdirAll(workDir, 0o755) }

@@ -7,6 +7,7 @@ import (
 	"os"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/nex-engine/nex/internal/agentapi"
 	"github.com/nex-engine/nex/internal/sandbox"
@@ -79,6 +80,9 @@ func testStage(t *testing.T, d *Driver) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// The agent rehearsed a deploy while the files came (agent/rehearse.go):
+	// this image's /init ran as a program of its own and exited 0.
+	waitConsole(t, ctx, sb.(*vm), "rehearsed a deploy")
 	r, err := ag.Deploy(ctx, agentapi.Deploy{WorkloadID: "staged", Name: "netprobe", Namespace: "default",
 		Type: "native", Argv: []string{"sha256/" + dataPath, "sha256/" + ahead}, Hash: hash, Size: int64(len(probe)),
 		StagedPath: staged, Unstage: []string{ahead}}, nil)
@@ -112,5 +116,18 @@ func testStage(t *testing.T, d *Driver) {
 	}
 	if sum := sha256.Sum256(dataBytes); got != hex.EncodeToString(sum[:]) {
 		t.Fatalf("sha256 of the staged file in the guest = %q, want %x (the host's)", got, sha256.Sum256(dataBytes))
+	}
+}
+
+// waitConsole waits until the guest's console has a line containing want.
+func waitConsole(t *testing.T, ctx context.Context, v *vm, want string) {
+	t.Helper()
+	var console []byte
+	for !strings.Contains(string(console), want) {
+		if ctx.Err() != nil {
+			t.Fatalf("console.log lacks %q:\n%s", want, console)
+		}
+		time.Sleep(20 * time.Millisecond)
+		console, _ = os.ReadFile(v.path(consoleFile))
 	}
 }

@@ -1,0 +1,155 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"sync"
+	"time"
+
+	"github.com/nex-engine/nex/internal/workload"
+)
+
+// Under emulation (TCG) a guest's first run of any code costs far more than
+// its later runs: QEMU translates the code first, and a snapshot clone's
+// QEMU starts with nothing translated. Much of what a deploy runs in the
+// guest's kernel and in the agent is the same for every workload: the
+// agent's fork and exec with its pipes, the kernel's ELF load and exit, and
+// the workload's TCP connection over loopback to PID 1's forwarder. A rehearsal runs that once
+// while the sandbox waits for its deploy, with a program of the sandbox's
+// own (Options.Rehearsal) and a connection to a listener of its own, so
+// the deploy finds it translated. No workload code runs, and nothing
+// leaves the guest. In a VM the program is the image's true
+// (guestimage.TrueFile): a Go program (this binary) would rehearse a Go
+// start too, but its run dirtied ≈ 28 MiB of a clone's memory, which then
+// stayed with the idle clone.
+
+// rehearsalTimeout bounds a rehearsal.
+const rehearsalTimeout = 10 * time.Second
+
+// startRehearsal runs the rehearsal in the background. A deploy or a stop
+// ends it first (endRehearsal).
+func (a *agent) startRehearsal() {
+	ctx, cancel := context.WithTimeout(a.runCtx, rehearsalTimeout)
+	done := make(chan struct{})
+	a.mu.Lock()
+	if a.rehearsalOver { // a deploy or a stop came first
+		a.mu.Unlock()
+		cancel()
+		return
+	}
+	a.rehearsal = &rehearsal{cancel: cancel, done: done}
+	a.mu.Unlock()
+	go func() {
+		defer close(done)
+		defer cancel()
+		t0 := time.Now()
+		err := a.rehearse(ctx)
+		switch {
+		case err == nil:
+			a.log.Info("rehearsed a deploy", "took", time.Since(t0).Round(time.Millisecond))
+		case ctx.Err() != nil:
+			a.log.Debug("rehearsal cut short", keyError, err)
+		default:
+			a.log.Warn("rehearsal failed; deploys work, but their first run is slower", keyError, err)
+		}
+	}()
+}
+
+type rehearsal struct {
+	cancel context.CancelFunc
+	done   chan struct{}
+}
+
+// endRehearsal stops a rehearsal under way and waits until it has ended,
+// its process with it; none starts after it.
+func (a *agent) endRehearsal() {
+	a.mu.Lock()
+	r := a.rehearsal
+	a.rehearsalOver = true
+	a.mu.Unlock()
+	if r != nil {
+		r.cancel()
+		<-r.done
+	}
+}
+
+func (a *agent) rehearse(ctx context.Context) error {
+	if err := loopbackRoundTrip(ctx); err != nil {
+		return fmt.Errorf("loopback: %w", err)
+	}
+	rt, ok := a.o.Runtimes["native"]
+	if !ok {
+		return errors.New("no native runtime")
+	}
+	argv := a.o.Rehearsal
+	out := newLineWriter("stdout", func(string, string) {}) // split like a workload's, dropped
+	h, err := rt.Start(ctx, workload.Spec{
+		Name: argv[0], Path: argv[0], Args: argv[1:],
+		Env: []string{"PATH=" + defaultPath}, Dir: a.o.WorkDir,
+		Stdout: out, Stderr: out,
+	})
+	if err != nil {
+		return err
+	}
+	ex, err := h.Wait(ctx)
+	if err != nil {
+		// Cut short: the process must be gone before a workload starts.
+		sctx, cancel := context.WithTimeout(context.Background(), stopGrace)
+		defer cancel()
+		return errors.Join(err, h.Stop(sctx))
+	}
+	if ex.Code != 0 {
+		return fmt.Errorf("%s: %s", argv[0], ex.Message)
+	}
+	return nil
+}
+
+// loopbackRoundTrip connects to a listener of its own on 127.0.0.1 and
+// sends a byte each way. It ends early when ctx does.
+func loopbackRoundTrip(ctx context.Context) error {
+	var lc net.ListenConfig
+	ln, err := lc.Listen(ctx, "tcp", "127.0.0.1:0")
+	if err != nil {
+		return err
+	}
+	var conns []net.Conn
+	var mu sync.Mutex
+	closeAll := func() {
+		mu.Lock()
+		defer mu.Unlock()
+		ln.Close()
+		for _, c := range conns {
+			c.Close()
+		}
+	}
+	defer closeAll()
+	defer context.AfterFunc(ctx, closeAll)()
+	keep := func(c net.Conn) {
+		mu.Lock()
+		conns = append(conns, c)
+		mu.Unlock()
+	}
+	var d net.Dialer
+	c, err := d.DialContext(ctx, "tcp", ln.Addr().String())
+	if err != nil {
+		return err
+	}
+	keep(c)
+	s, err := ln.Accept()
+	if err != nil {
+		return err
+	}
+	keep(s)
+	b := []byte{1}
+	for _, pair := range [][2]net.Conn{{c, s}, {s, c}} {
+		if _, err := pair[0].Write(b); err != nil {
+			return err
+		}
+		if _, err := pair[1].Read(b); err != nil {
+			return err
+		}
+	}
+	return nil
+}
