@@ -13,8 +13,8 @@ import (
 
 // qmp is a minimal client of the QEMU Machine Protocol: one command at a
 // time over a unix socket; events are noted by name, for waitEvent, and
-// otherwise dropped. That is all the driver needs (quit, migration,
-// status) and keeps a dependency out.
+// otherwise dropped. That is all the driver needs (quit, migration and
+// its events) and keeps a dependency out.
 type qmp struct {
 	conn net.Conn
 	r    *bufio.Reader
@@ -172,16 +172,6 @@ func ctxErr(ctx context.Context, err error) error {
 func (q *qmp) Close() error { return q.conn.Close() }
 
 // The commands the driver uses.
-
-type qmpStatus struct {
-	Status  string `json:"status"`
-	Running bool   `json:"running"`
-}
-
-func (q *qmp) status(ctx context.Context) (qmpStatus, error) {
-	var s qmpStatus
-	return s, q.exec(ctx, "query-status", nil, &s)
-}
 
 type migrationInfo struct {
 	Status    string `json:"status"`

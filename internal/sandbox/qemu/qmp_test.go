@@ -66,8 +66,11 @@ func TestQMPAgainstQEMU(t *testing.T) {
 	}
 	defer q.Close()
 
-	st, err := q.status(ctx)
-	if err != nil {
+	var st struct {
+		Status  string `json:"status"`
+		Running bool   `json:"running"`
+	}
+	if err := q.exec(ctx, "query-status", nil, &st); err != nil {
 		t.Fatal(err)
 	}
 	if st.Running || st.Status != "prelaunch" {
