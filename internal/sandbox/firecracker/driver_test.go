@@ -154,8 +154,8 @@ func TestDriverStartStop(t *testing.T) {
 	if err != nil || m.SandboxID != "sb1" || m.NATSURL != "vsock://2:4222" || m.Seed != spec.Agent.Seed {
 		t.Errorf("metadata on the command line %+v, %v (boot_args %q)", m, err, bs.BootArgs)
 	}
-	if !strings.HasPrefix(bs.BootArgs, "console=ttyS0 reboot=k panic=-1 ") {
-		t.Errorf("boot_args %q lack the console and reboot settings", bs.BootArgs)
+	if !strings.HasPrefix(bs.BootArgs, "console=ttyS0 reboot=k panic=-1 ") || !strings.Contains(bs.BootArgs, " i8042.noaux ") {
+		t.Errorf("boot_args %q lack the console, reboot and i8042 settings", bs.BootArgs)
 	}
 	if vs != (Vsock{GuestCID: 3, UDSPath: filepath.Join(spec.Dir, VsockSocket)}) {
 		t.Errorf("vsock %+v", vs)
