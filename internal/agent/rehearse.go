@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"net"
-	"sync"
 	"time"
 
 	"github.com/nex-engine/nex/internal/workload"
@@ -16,14 +15,14 @@ import (
 // QEMU starts with nothing translated. Much of what a deploy runs in the
 // guest's kernel and in the agent is the same for every workload: the
 // agent's fork and exec with its pipes, the kernel's ELF load and exit, and
-// the workload's TCP connection over loopback to PID 1's forwarder. A rehearsal runs that once
-// while the sandbox waits for its deploy, with a program of the sandbox's
-// own (Options.Rehearsal) and a connection to a listener of its own, so
-// the deploy finds it translated. No workload code runs, and nothing
-// leaves the guest. In a VM the program is the image's true
-// (guestimage.TrueFile): a Go program (this binary) would rehearse a Go
-// start too, but its run dirtied ≈ 28 MiB of a clone's memory, which then
-// stayed with the idle clone.
+// the workload's TCP connection over loopback to PID 1's forwarder. A
+// rehearsal runs that once while the sandbox waits for its deploy, with a
+// program of the sandbox's own (Options.Rehearsal) and a connection to a
+// listener of its own, so the deploy finds it translated. No workload code
+// runs, and nothing leaves the guest. In a VM the program is the image's
+// true (guestimage.TrueFile): a Go program (this binary) would rehearse a
+// Go start too, but its run dirtied ≈ 28 MiB of a clone's memory, which
+// then stayed with the idle clone.
 
 // rehearsalTimeout bounds a rehearsal.
 const rehearsalTimeout = 10 * time.Second
@@ -107,41 +106,30 @@ func (a *agent) rehearse(ctx context.Context) error {
 }
 
 // loopbackRoundTrip connects to a listener of its own on 127.0.0.1 and
-// sends a byte each way. It ends early when ctx does.
+// sends a byte each way. It ends early when ctx does. (Accept returns at
+// once: the dial has already put the connection in its queue.)
 func loopbackRoundTrip(ctx context.Context) error {
 	var lc net.ListenConfig
 	ln, err := lc.Listen(ctx, "tcp", "127.0.0.1:0")
 	if err != nil {
 		return err
 	}
-	var conns []net.Conn
-	var mu sync.Mutex
-	closeAll := func() {
-		mu.Lock()
-		defer mu.Unlock()
-		ln.Close()
-		for _, c := range conns {
-			c.Close()
-		}
-	}
-	defer closeAll()
-	defer context.AfterFunc(ctx, closeAll)()
-	keep := func(c net.Conn) {
-		mu.Lock()
-		conns = append(conns, c)
-		mu.Unlock()
-	}
+	defer ln.Close()
 	var d net.Dialer
 	c, err := d.DialContext(ctx, "tcp", ln.Addr().String())
 	if err != nil {
 		return err
 	}
-	keep(c)
+	defer c.Close()
 	s, err := ln.Accept()
 	if err != nil {
 		return err
 	}
-	keep(s)
+	defer s.Close()
+	defer context.AfterFunc(ctx, func() {
+		c.SetDeadline(time.Unix(1, 0))
+		s.SetDeadline(time.Unix(1, 0))
+	})()
 	b := []byte{1}
 	for _, pair := range [][2]net.Conn{{c, s}, {s, c}} {
 		if _, err := pair[0].Write(b); err != nil {

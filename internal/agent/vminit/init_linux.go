@@ -76,6 +76,10 @@ type vm struct {
 	natsPort *natsPort
 	// agentDial is the agent's NATS client's dialer (nodeDialers).
 	agentDial nats.CustomDialer
+	// rehearsal is the agent's Options.Rehearsal, found before the boot
+	// steps: a snapshot clone does not look for it again on its way to
+	// its handshake.
+	rehearsal []string
 }
 
 // bootSteps is what PID 1 does, in order, before it runs the agent.
@@ -452,7 +456,7 @@ func initMain(base *slog.Logger) {
 	sigchld := make(chan os.Signal, 1)
 	signal.Notify(sigchld, syscall.SIGCHLD)
 	go reapOrphans(ctx, sigchld, log)
-	v := &vm{log: log, p: guestPaths}
+	v := &vm{log: log, p: guestPaths, rehearsal: rehearsal()}
 	if err := runSteps(ctx, log, v.bootSteps()); err != nil {
 		log.Error("boot failed; powering off", keyError, err)
 		powerOff(log)
@@ -570,7 +574,7 @@ func (v *vm) runAgent(ctx context.Context, log *slog.Logger, handshaken func()) 
 		WorkDir:          workDir,
 		StagedDir:        agentapi.StagedDir,
 		Dialer:           v.agentDial,
-		Rehearsal:        rehearsal(),
+		Rehearsal:        v.rehearsal,
 	})
 }
 

@@ -110,8 +110,8 @@ func TestVMBoot(t *testing.T) {
 	// kernel command line, as under Firecracker. Its "booted" line comes
 	// once the handshake is answered, so it may still be on its way.
 	var console []byte
-	// The agent then rehearses a deploy (agent/rehearse.go) with this
-	// image's /init as a program of its own.
+	// The agent then rehearses a deploy (agent/rehearse.go) with the
+	// image's /bin/true.
 	for _, want := range []string{"role=init", `via="kernel command line"`, "sandbox=vmboot1", "rehearsed a deploy"} {
 		for !strings.Contains(string(console), want) && ctx.Err() == nil {
 			time.Sleep(20 * time.Millisecond)

@@ -23,7 +23,7 @@ const (
 	stageDisk   = "stage.img"
 )
 
-// Descriptors QEMU inherits (vm.extraFiles, in this order). The driver
+// Descriptors QEMU inherits (vm.qmpFile and vm.state, see launch). The driver
 // listens on qmp.sock itself and hands QEMU the listening socket, so a
 // connection to it succeeds from the moment QEMU starts, and QMP is read
 // as soon as QEMU writes, with no retries while it initializes. A clone

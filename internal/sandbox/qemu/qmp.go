@@ -18,7 +18,7 @@ import (
 type qmp struct {
 	conn net.Conn
 	r    *bufio.Reader
-	seen map[string]bool // events read so far
+	seen map[string]bool // events read so far (read notes them)
 }
 
 // QMPError is an error QEMU returned for a command.
@@ -94,7 +94,6 @@ func (q *qmp) exec(ctx context.Context, command string, args, out any) error {
 		}
 		switch {
 		case msg.Event != "":
-			q.note(msg.Event)
 			continue
 		case msg.Error != nil:
 			msg.Error.Command = command
@@ -117,22 +116,11 @@ func (q *qmp) waitEvent(ctx context.Context, name string) error {
 	stop := q.bind(ctx)
 	defer stop()
 	for !q.seen[name] {
-		msg, err := q.read()
-		if err != nil {
+		if _, err := q.read(); err != nil {
 			return fmt.Errorf("qmp: waiting for %s: %w", name, ctxErr(ctx, err))
-		}
-		if msg.Event != "" {
-			q.note(msg.Event)
 		}
 	}
 	return nil
-}
-
-func (q *qmp) note(event string) {
-	if q.seen == nil {
-		q.seen = map[string]bool{}
-	}
-	q.seen[event] = true
 }
 
 func (q *qmp) read() (qmpReply, error) {
@@ -143,6 +131,12 @@ func (q *qmp) read() (qmpReply, error) {
 	var msg qmpReply
 	if err := json.Unmarshal(line, &msg); err != nil {
 		return qmpReply{}, fmt.Errorf("bad message %q: %w", line, err)
+	}
+	if msg.Event != "" {
+		if q.seen == nil {
+			q.seen = map[string]bool{}
+		}
+		q.seen[msg.Event] = true
 	}
 	return msg, nil
 }
