@@ -50,6 +50,10 @@ type Options struct {
 	// own that exits 0 by itself at once. The agent runs it once after its
 	// handshake, before any deploy, to rehearse a deploy (rehearse.go).
 	Rehearsal []string
+	// RehearseMore, if set, runs after Rehearsal's command: more of a
+	// deploy's way that is the sandbox's own (a VM's stage disk read by
+	// PID 1). It must end soon after ctx does.
+	RehearseMore func(ctx context.Context) error
 }
 
 // DefaultRuntimes are the workload types an agent runs unless told otherwise.

@@ -18,8 +18,11 @@ import (
 // the workload's TCP connection over loopback to PID 1's forwarder. A
 // rehearsal runs that once while the sandbox waits for its deploy, with a
 // program of the sandbox's own (Options.Rehearsal) and a connection to a
-// listener of its own, so the deploy finds it translated. No workload code
-// runs, and nothing leaves the guest. In a VM the program is the image's
+// listener of its own, so the deploy finds it translated. Then
+// Options.RehearseMore runs what else is the sandbox's own: in a QEMU VM,
+// PID 1's copy of a file from the stage disk (vminit.FileServer.Rehearse),
+// which a deploy of an artifact not staged ahead runs first. No workload
+// code runs, and nothing leaves the guest. In a VM the program is the image's
 // true (guestimage.TrueFile): a Go program (this binary) would rehearse a
 // Go start too, but its run dirtied ≈ 28 MiB of a clone's memory, which
 // then stayed with the idle clone.
@@ -101,6 +104,9 @@ func (a *agent) rehearse(ctx context.Context) error {
 	}
 	if ex.Code != 0 {
 		return fmt.Errorf("%s: %s", argv[0], ex.Message)
+	}
+	if a.o.RehearseMore != nil {
+		return a.o.RehearseMore(ctx)
 	}
 	return nil
 }

@@ -1,11 +1,13 @@
 package agent_test
 
 import (
+	"context"
 	"errors"
 	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -56,13 +58,30 @@ func TestRehearsalRunsOnceAfterHandshake(t *testing.T) {
 	h := sandboxtest.NewHarness(t)
 	a := h.AddAgent("reh1")
 	dir := t.TempDir()
-	runAgent(t, testCtx(t), a, agent.Options{Rehearsal: rehearsalScript(dir, "echo ran >> "+filepath.Join(dir, "runs"))})
+	var more atomic.Int32
+	moreDone := make(chan struct{})
+	runAgent(t, testCtx(t), a, agent.Options{
+		Rehearsal: rehearsalScript(dir, "echo ran >> "+filepath.Join(dir, "runs")),
+		RehearseMore: func(context.Context) error {
+			defer close(moreDone)
+			if b, _ := os.ReadFile(filepath.Join(dir, "runs")); string(b) != "ran\n" {
+				t.Errorf("RehearseMore before the command's run (runs %q)", b)
+			}
+			more.Add(1)
+			return nil
+		},
+	})
 	if _, err := a.WaitHandshake(testCtx(t)); err != nil {
 		t.Fatal(err)
 	}
 	pid := waitPID(t, dir)
 	for !gone(pid) {
 		time.Sleep(10 * time.Millisecond)
+	}
+	select {
+	case <-moreDone:
+	case <-testCtx(t).Done():
+		t.Fatal("RehearseMore never ran")
 	}
 	if r := shell(t, a, "w1", "echo deployed"); !r.OK {
 		t.Fatalf("deploy after the rehearsal: %+v", r)
@@ -73,7 +92,47 @@ func TestRehearsalRunsOnceAfterHandshake(t *testing.T) {
 	if b, _ := os.ReadFile(filepath.Join(dir, "runs")); string(b) != "ran\n" {
 		t.Fatalf("the rehearsal ran %q times; want once", b)
 	}
+	if n := more.Load(); n != 1 {
+		t.Fatalf("RehearseMore ran %d times; want once", n)
+	}
 	noRehearsalLogs(t, a)
+}
+
+// TestDeployEndsRehearseMore: a deploy that comes while RehearseMore runs
+// ends it (its context) before the workload starts.
+func TestDeployEndsRehearseMore(t *testing.T) {
+	h := sandboxtest.NewHarness(t)
+	a := h.AddAgent("reh4")
+	dir := t.TempDir()
+	started, ended := make(chan struct{}), make(chan struct{})
+	runAgent(t, testCtx(t), a, agent.Options{
+		Rehearsal: rehearsalScript(dir, "true"),
+		RehearseMore: func(ctx context.Context) error {
+			close(started)
+			<-ctx.Done()
+			close(ended)
+			return ctx.Err()
+		},
+	})
+	if _, err := a.WaitHandshake(testCtx(t)); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-started:
+	case <-testCtx(t).Done():
+		t.Fatal("RehearseMore never ran")
+	}
+	if r := shell(t, a, "w1", "echo deployed"); !r.OK {
+		t.Fatalf("deploy during RehearseMore: %+v", r)
+	}
+	select {
+	case <-ended:
+	default:
+		t.Fatal("RehearseMore still runs once the workload has started")
+	}
+	if err := a.WaitLog(testCtx(t), "stdout", "deployed"); err != nil {
+		t.Fatal(err)
+	}
 }
 
 // TestDeployEndsRehearsal: a deploy that comes while the rehearsal runs

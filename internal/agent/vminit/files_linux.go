@@ -36,6 +36,7 @@ func (v *vm) serveFiles(ctx context.Context) error {
 	if hasVirtioDevice(v.p.sysfs, virtioBlock) {
 		s.Disk = v.openStageDisk
 	}
+	v.files = s
 	go func() {
 		f, err := v.openPort(ctx, agentapi.FilePortName)
 		if err != nil {

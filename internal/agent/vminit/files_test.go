@@ -409,3 +409,45 @@ func TestFileServerNoDisk(t *testing.T) {
 		})
 	}
 }
+
+// Rehearse copies from the stage disk into the staged dir as a frame would,
+// leaves nothing behind, and releases the disk; once a frame has come it
+// does nothing (the frame ran the code), nor does it without a disk, and a
+// broken disk is an error.
+func TestFileServerRehearse(t *testing.T) {
+	disk := newTestDisk(t, randomBytes(t, 2<<20))
+	dir := filepath.Join(t.TempDir(), "staged")
+	s := &FileServer{Dir: dir, Log: testLog(t), Room: plenty, Disk: disk.open}
+	if err := s.Rehearse(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if disk.opened != 1 || disk.released != 1 {
+		t.Fatalf("disk opened %d, released %d times; want once each", disk.opened, disk.released)
+	}
+	assertOnly(t, dir)
+
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	if err := s.Rehearse(ctx); !errors.Is(err, context.Canceled) || disk.opened != 1 {
+		t.Fatalf("Rehearse after its context ended = %v (disk opened %d times); want context.Canceled, disk untouched", err, disk.opened)
+	}
+
+	broken := &FileServer{Dir: dir, Log: testLog(t), Room: plenty, Disk: func() (*os.File, func(), error) {
+		return nil, nil, errors.New("no such device")
+	}}
+	if err := broken.Rehearse(context.Background()); err == nil || !strings.Contains(err.Error(), "stage disk") {
+		t.Fatalf("Rehearse with a disk that will not open = %v; want an error about the stage disk", err)
+	}
+	if err := (&FileServer{Dir: dir, Log: testLog(t)}).Rehearse(context.Background()); err != nil {
+		t.Fatalf("Rehearse without a disk = %v; want nothing done", err)
+	}
+
+	p := startFileServerWith(t, s)
+	if r := p.send(t, "f", 3, []byte("abc")); r.Error != "" {
+		t.Fatalf("frame: %+v", r)
+	}
+	if err := s.Rehearse(context.Background()); err != nil || disk.opened != 1 {
+		t.Fatalf("Rehearse after a frame = %v, disk opened %d times; want nothing done", err, disk.opened)
+	}
+	assertOnly(t, p.dir, "f")
+}

@@ -80,6 +80,8 @@ type vm struct {
 	// steps: a snapshot clone does not look for it again on its way to
 	// its handshake.
 	rehearsal []string
+	// files is the file port's server (serveFiles); nil without the port.
+	files *FileServer
 }
 
 // bootSteps is what PID 1 does, in order, before it runs the agent.
@@ -575,7 +577,17 @@ func (v *vm) runAgent(ctx context.Context, log *slog.Logger, handshaken func()) 
 		StagedDir:        agentapi.StagedDir,
 		Dialer:           v.agentDial,
 		Rehearsal:        v.rehearsal,
+		RehearseMore:     v.rehearseMore(),
 	})
+}
+
+// rehearseMore is the agent's Options.RehearseMore: the file port's part
+// of a deploy, in a VM with a stage disk.
+func (v *vm) rehearseMore() func(context.Context) error {
+	if v.files == nil || v.files.Disk == nil {
+		return nil
+	}
+	return v.files.Rehearse
 }
 
 // rehearsal is the program the agent rehearses a deploy with: the image's

@@ -32,6 +32,46 @@ func TestStageIntoGuest(t *testing.T) {
 	inColdAndCloned(t, vmSetup(t), testStage)
 }
 
+// TestStageRehearsedWhileIdle: a VM that no file has reached yet rehearses
+// a stage from its disk after its handshake (vminit.FileServer.Rehearse);
+// the rehearsal's file is gone afterwards, and a file staged next arrives
+// whole.
+func TestStageRehearsedWhileIdle(t *testing.T) {
+	requireVM(t)
+	inColdAndCloned(t, vmSetup(t), func(t *testing.T, d *Driver) {
+		ctx, cancel := context.WithTimeout(context.Background(), vmTimeout)
+		defer cancel()
+		h := sandboxtest.NewHarness(t)
+		ag := h.AddAgent("idle" + strings.ReplaceAll(t.Name(), "/", ""))
+		sb := startReady(t, ctx, d, ag)
+		waitConsole(t, ctx, sb.(*vm), "rehearsed a stage from the disk")
+		waitConsole(t, ctx, sb.(*vm), "rehearsed a deploy")
+		st := sb.(sandbox.Stager)
+		data, dataBytes := artifact(t, 3<<20+5)
+		dataPath, err := st.Stage(ctx, data, "after")
+		if err != nil {
+			t.Fatal(err)
+		}
+		dep := stageNetprobe(t, ctx, st)
+		rehearsed := agentapi.StagedDir + "/nex-rehearsal"
+		dep.WorkloadID, dep.Argv = "idle", []string{"sha256/" + dataPath, "sha256/" + rehearsed}
+		if r, err := ag.Deploy(ctx, dep, nil); err != nil || !r.OK {
+			t.Fatalf("deploy the staged probe: %+v, %v", r, err)
+		}
+		if err := ag.WaitLog(ctx, "stdout", "probes done"); err != nil {
+			t.Fatal(err)
+		}
+		out := probeSHA256(ag, dataPath, rehearsed)
+		got, gotRehearsed := out[0], out[1]
+		if !strings.Contains(gotRehearsed, "no such file") {
+			t.Fatalf("the rehearsal's file, read in the guest: %q; want it gone", gotRehearsed)
+		}
+		if sum := sha256.Sum256(dataBytes); got != hex.EncodeToString(sum[:]) {
+			t.Fatalf("sha256 of the file staged after the rehearsal = %q, want %x", got, sum)
+		}
+	})
+}
+
 func testStage(t *testing.T, d *Driver) {
 	ctx, cancel := context.WithTimeout(context.Background(), vmTimeout)
 	defer cancel()
@@ -64,17 +104,7 @@ func testStage(t *testing.T, d *Driver) {
 		t.Fatalf("the file crossed by %s, want the stage disk", via)
 	}
 
-	probePath := netprobe(t)
-	probe, err := os.ReadFile(probePath)
-	if err != nil {
-		t.Fatal(err)
-	}
-	sum := sha256.Sum256(probe)
-	hash := hex.EncodeToString(sum[:])
-	staged, err := st.Stage(ctx, probePath, hash)
-	if err != nil {
-		t.Fatal(err)
-	}
+	dep := stageNetprobe(t, ctx, st)
 	aheadFile, _ := artifact(t, 1<<20)
 	ahead, err := st.Stage(ctx, aheadFile, "ahead")
 	if err != nil {
@@ -83,10 +113,8 @@ func testStage(t *testing.T, d *Driver) {
 	// The agent rehearsed a deploy while the files came (agent/rehearse.go):
 	// this image's /init ran as a program of its own and exited 0.
 	waitConsole(t, ctx, sb.(*vm), "rehearsed a deploy")
-	r, err := ag.Deploy(ctx, agentapi.Deploy{WorkloadID: "staged", Name: "netprobe", Namespace: "default",
-		Type: "native", Argv: []string{"sha256/" + dataPath, "sha256/" + ahead}, Hash: hash, Size: int64(len(probe)),
-		StagedPath: staged, Unstage: []string{ahead}}, nil)
-	if err != nil || !r.OK {
+	dep.WorkloadID, dep.Argv, dep.Unstage = "staged", []string{"sha256/" + dataPath, "sha256/" + ahead}, []string{ahead}
+	if r, err := ag.Deploy(ctx, dep, nil); err != nil || !r.OK {
 		t.Fatalf("deploy the staged probe: %+v, %v", r, err)
 	}
 	if err := ag.WaitLog(ctx, "stdout", "probes done"); err != nil {
@@ -102,15 +130,8 @@ func testStage(t *testing.T, d *Driver) {
 	if n := sb.(*vm).portConns.Load(); n < 1 {
 		t.Fatalf("%d connections over the NATS port; want the agent's", n)
 	}
-	var got, gotAhead string
-	for _, l := range ag.Logs() {
-		if v, ok := strings.CutPrefix(l.Text, "probe sha256/"+dataPath+" "); ok && l.Stream == "stdout" {
-			got = v
-		}
-		if v, ok := strings.CutPrefix(l.Text, "probe sha256/"+ahead+" "); ok && l.Stream == "stdout" {
-			gotAhead = v
-		}
-	}
+	out := probeSHA256(ag, dataPath, ahead)
+	got, gotAhead := out[0], out[1]
 	if !strings.Contains(gotAhead, "no such file") {
 		t.Fatalf("the file staged ahead and unstaged, read in the guest: %q; want it gone", gotAhead)
 	}
@@ -119,8 +140,41 @@ func testStage(t *testing.T, d *Driver) {
 	}
 }
 
+// stageNetprobe stages the netprobe program under its hash and returns a
+// deploy of it, to be given its ID and arguments.
+func stageNetprobe(t *testing.T, ctx context.Context, st sandbox.Stager) agentapi.Deploy {
+	t.Helper()
+	probePath := netprobe(t)
+	probe, err := os.ReadFile(probePath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sum := sha256.Sum256(probe)
+	hash := hex.EncodeToString(sum[:])
+	staged, err := st.Stage(ctx, probePath, hash)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return agentapi.Deploy{Name: "netprobe", Namespace: "default", Type: "native", Hash: hash,
+		Size: int64(len(probe)), StagedPath: staged}
+}
+
+// probeSHA256 returns what the probe printed for "sha256/<path>", for each
+// of paths: a hash, or why it could not read the file.
+func probeSHA256(ag *sandboxtest.Agent, paths ...string) []string {
+	out := make([]string, len(paths))
+	for _, l := range ag.Logs() {
+		for i, p := range paths {
+			if v, ok := strings.CutPrefix(l.Text, "probe sha256/"+p+" "); ok && l.Stream == "stdout" {
+				out[i] = v
+			}
+		}
+	}
+	return out
+}
+
 // waitConsole waits until the guest's console has a line containing want.
-func waitConsole(t *testing.T, ctx context.Context, v *vm, want string) {
+func waitConsole(t testing.TB, ctx context.Context, v *vm, want string) {
 	t.Helper()
 	var console []byte
 	for !strings.Contains(string(console), want) {
