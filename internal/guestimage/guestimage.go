@@ -165,7 +165,8 @@ func Build(ctx context.Context, o Options) (Image, error) {
 	if err != nil {
 		return Image{}, fmt.Errorf("guest image: kernel %s: %w", kf.Image, err)
 	}
-	if err := sameMachine(vmlinux, agent); err != nil {
+	machine, err := sameMachine(vmlinux, agent)
+	if err != nil {
 		return Image{}, fmt.Errorf("guest image: %w", err)
 	}
 	if kf.Modules == "" {
@@ -182,7 +183,7 @@ func Build(ctx context.Context, o Options) (Image, error) {
 		}
 	}
 	var initrd bytes.Buffer
-	if err := writeInitramfs(&initrd, agent, mods, modData); err != nil {
+	if err := writeInitramfs(&initrd, agent, machine, mods, modData); err != nil {
 		return Image{}, fmt.Errorf("guest image: initramfs: %w", err)
 	}
 	progress(fmt.Sprintf("initramfs: %d MiB, vmlinux: %d MiB", initrd.Len()>>20, len(vmlinux)>>20))
@@ -286,9 +287,10 @@ func imageHash(kernel, agent []byte, modNames []string, modData [][]byte) string
 	return hex.EncodeToString(h.Sum(nil))
 }
 
-// writeInitramfs writes the guest's root file system. Entries are sorted by
-// path, which puts every directory before what it holds.
-func writeInitramfs(w *bytes.Buffer, agent []byte, mods []Module, modData [][]byte) error {
+// writeInitramfs writes the guest's root file system, for an agent built for
+// machine. Entries are sorted by path, which puts every directory before
+// what it holds.
+func writeInitramfs(w *bytes.Buffer, agent []byte, machine elf.Machine, mods []Module, modData [][]byte) error {
 	var order strings.Builder
 	recs := []cpio.Record{
 		cpio.Dir("dev", 0o755),
@@ -304,7 +306,7 @@ func writeInitramfs(w *bytes.Buffer, agent []byte, mods []Module, modData [][]by
 		cpio.Dir("sys", 0o555),
 		cpio.Dir("tmp", 0o1777),
 	}
-	if f, err := elf.NewFile(bytes.NewReader(agent)); err == nil && f.Machine == elf.EM_X86_64 {
+	if machine == elf.EM_X86_64 {
 		recs = append(recs, cpio.Dir("bin", 0o755), cpio.File(TrueFile, 0o755, trueELF()))
 	}
 	for i, m := range mods {
@@ -337,19 +339,21 @@ func checkStatic(path string, b []byte) error {
 	return nil
 }
 
-func sameMachine(vmlinux, agent []byte) error {
+// sameMachine checks that the kernel and the agent are built for the same
+// machine, and returns it.
+func sameMachine(vmlinux, agent []byte) (elf.Machine, error) {
 	k, err := elf.NewFile(bytes.NewReader(vmlinux))
 	if err != nil {
-		return err
+		return 0, err
 	}
 	a, err := elf.NewFile(bytes.NewReader(agent))
 	if err != nil {
-		return err
+		return 0, err
 	}
 	if k.Machine != a.Machine {
-		return fmt.Errorf("agent is built for %v but the kernel for %v", a.Machine, k.Machine)
+		return 0, fmt.Errorf("agent is built for %v but the kernel for %v", a.Machine, k.Machine)
 	}
-	return nil
+	return a.Machine, nil
 }
 
 // store writes files into dir atomically: into a temporary sibling first,

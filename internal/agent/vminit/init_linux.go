@@ -582,9 +582,9 @@ func (v *vm) runAgent(ctx context.Context, log *slog.Logger, handshaken func()) 
 }
 
 // rehearseMore is the agent's Options.RehearseMore: the file port's part
-// of a deploy, in a VM with a stage disk.
+// of a deploy (FileServer.Rehearse, which does nothing without a disk).
 func (v *vm) rehearseMore() func(context.Context) error {
-	if v.files == nil || v.files.Disk == nil {
+	if v.files == nil {
 		return nil
 	}
 	return v.files.Rehearse
