@@ -52,6 +52,12 @@ const (
 // disk reads a frame of 0 bytes and answers without Disk, and the host
 // then does the same.
 //
+// A frame with Delete set (and no bytes) asks the guest to delete
+// StagedDir/<Name>, a file staged ahead that the node no longer wants
+// there; the guest answers an empty FileReply, or Error. A guest from
+// before Delete reads it as a file of 0 bytes and answers its Path: the
+// file is then empty, which frees its memory all the same.
+//
 // The agent then takes the file at Path as it takes a staged file in the
 // process sandbox (Deploy.StagedPath). StagedDir is on the same tmpfs as
 // the agent's work dir, so taking it is a rename, and like every file there
@@ -75,6 +81,9 @@ type FileHeader struct {
 	// DiskSize, when not 0, is the file's size, its bytes at the start of
 	// the stage disk rather than in the frame (Size is then 0).
 	DiskSize int64 `json:"disk_size,omitempty"`
+	// Delete asks the guest to delete the file Name instead (Size and
+	// DiskSize are then 0).
+	Delete bool `json:"delete,omitempty"`
 }
 
 // FileReply is the guest's answer to one frame.

@@ -87,8 +87,10 @@ type Node struct {
 	workloads map[string]*workload      // by workload id
 	// lastStaged is the hash of the artifact last staged into a sandbox
 	// that takes files ahead (sandbox.Prestager): new ones get it before
-	// they join the pool (prestage).
-	lastStaged string
+	// they join the pool (prestage), and those waiting there are restaged
+	// with it (restage, woken by restageKick).
+	lastStaged  string
+	restageKick chan struct{}
 
 	// testHookBeforeAgentDeploy lets tests inject faults between taking a
 	// sandbox and handing it the workload, and see (or spoil) the request.
@@ -96,6 +98,9 @@ type Node struct {
 	// testHookAfterFetch runs once a deploy holds its artifact, before it
 	// checks that it was not stopped meanwhile.
 	testHookAfterFetch func(*workload)
+	// testNoRestage leaves the sandboxes waiting in the pool as they joined
+	// it (restage), so a test can see which one a deploy prefers.
+	testNoRestage bool
 	// testNoStaging makes every deploy stream its artifact over NATS, the
 	// path VM sandboxes take.
 	testNoStaging bool
@@ -126,7 +131,8 @@ func New(o Options) (*Node, error) {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	return &Node{o: o, cfg: o.Config, log: o.Log, id: o.Identity.ID(), sandboxes: map[string]*sandboxHandle{},
-		workloads: map[string]*workload{}, ctx: ctx, cancel: cancel, done: make(chan struct{})}, nil
+		workloads: map[string]*workload{}, restageKick: make(chan struct{}, 1), ctx: ctx, cancel: cancel,
+		done: make(chan struct{})}, nil
 }
 
 // ID is the node's public nkey.
@@ -214,9 +220,10 @@ func (n *Node) Start() error {
 	n.log.Info("NATS execution engine awaiting commands", "id", n.id, "version", n.o.Version)
 	n.pool.Start()
 
-	n.bg.Add(2)
+	n.bg.Add(3)
 	go n.heartbeats()
 	go n.pingAgents()
+	go n.restageLoop()
 	return nil
 }
 
@@ -414,7 +421,8 @@ func (n *Node) Info(ns string) api.InfoResponse {
 	}
 	n.mu.Unlock()
 	st := n.pool.Status()
-	resp.Pool = &api.PoolStatus{Driver: n.o.Driver.Name(), Target: st.Target, Ready: st.Ready, Starting: st.Starting,
+	// A pooled VM that takes a file ahead (restage) is ready all the same.
+	resp.Pool = &api.PoolStatus{Driver: n.o.Driver.Name(), Target: st.Target, Ready: st.Ready + st.Lent, Starting: st.Starting,
 		Failures: st.ConsecutiveFailures, LastErr: st.LastError}
 	if d, ok := n.o.Driver.(sandbox.Describer); ok {
 		resp.Pool.Boot = d.Describe()

@@ -2,7 +2,10 @@ package node
 
 import (
 	"context"
+	"errors"
+	"io/fs"
 	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
@@ -23,9 +26,10 @@ import (
 // when they come.
 type prestageDriver struct {
 	*process.Driver
-	mu     sync.Mutex
-	stages []stageCall
-	gate   chan struct{} // when set, Start waits for it to close
+	mu       sync.Mutex
+	stages   []stageCall
+	unstages []stageCall
+	gate     chan struct{} // when set, Start waits for it to close
 }
 
 type stageCall struct{ sandbox, name string }
@@ -54,6 +58,12 @@ func (d *prestageDriver) calls() []stageCall {
 	return slices.Clone(d.stages)
 }
 
+func (d *prestageDriver) unstageCalls() []stageCall {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return slices.Clone(d.unstages)
+}
+
 type prestageSandbox struct {
 	*process.Sandbox
 	d *prestageDriver
@@ -66,6 +76,13 @@ func (s *prestageSandbox) Stage(ctx context.Context, src, name string) (string, 
 	s.d.stages = append(s.d.stages, stageCall{s.ID(), name})
 	s.d.mu.Unlock()
 	return s.Sandbox.Stage(ctx, src, name)
+}
+
+func (s *prestageSandbox) Unstage(ctx context.Context, name string) error {
+	s.d.mu.Lock()
+	s.d.unstages = append(s.d.unstages, stageCall{s.ID(), name})
+	s.d.mu.Unlock()
+	return s.Sandbox.Unstage(ctx, name)
 }
 
 // prestageEnv is a node on prestageDriver with two artifacts uploaded: a,
@@ -233,6 +250,7 @@ func TestPrestageSkippedForAWaitingDeploy(t *testing.T) {
 func TestPrestagedSandboxPreferred(t *testing.T) {
 	e := newPrestageEnv(t, true, 2)
 	h, d, evs, hashA := e.h, e.d, e.evs, e.hashA
+	h.node.testNoRestage = true // else the older one gets a too
 	if err := h.node.pool.Wait(h.ctx(), 2); err != nil {
 		t.Fatal(err)
 	}
@@ -253,4 +271,96 @@ func TestPrestagedSandboxPreferred(t *testing.T) {
 	if c := d.calls(); len(c) > 2 && c[2].sandbox == ahead {
 		t.Fatalf("stages %v; the redeploy into %s staged again", c, ahead)
 	}
+}
+
+// The sandboxes waiting in the pool are restaged after a deploy: the ones
+// that joined before it, with no file or another artifact's, get the
+// deployed artifact in place of theirs, so the next deploys of it (a
+// service scaling out, or rolling over to a new version) stage nothing.
+func TestRestagePooledSandboxes(t *testing.T) {
+	e := newPrestageEnv(t, true, 2)
+	h, d, evs, hashA, hashB := e.h, e.d, e.evs, e.hashA, e.hashB
+	var took atomic.Value // the sandbox the last deploy ran in
+	h.node.testHookBeforeAgentDeploy = func(sb sandbox.Sandbox, d *agentapi.Deploy) {
+		took.Store(sb.ID())
+		d.Unstage = nil // a process agent refuses it (TestPrestageLastArtifact)
+	}
+	if err := h.node.pool.Wait(h.ctx(), 2); err != nil {
+		t.Fatal(err)
+	}
+	pooled := func() map[string]string { // live sandbox → its file staged ahead
+		h.node.mu.Lock()
+		defer h.node.mu.Unlock()
+		m := map[string]string{}
+		for id, sh := range h.node.sandboxes {
+			sh.mu.Lock()
+			m[id] = sh.prestaged.hash
+			sh.mu.Unlock()
+		}
+		return m
+	}
+	allHold := func(hash string) func() bool {
+		return func() bool {
+			m := pooled()
+			for _, got := range m {
+				if got != hash {
+					return false
+				}
+			}
+			return len(m) == 2 && h.node.pool.Status().Ready == 2
+		}
+	}
+	before := pooled()
+	if len(before) != 2 {
+		t.Fatalf("sandboxes before any deploy: %v", before)
+	}
+
+	runJob(t, h, evs, "a", hashA)
+	eventually(t, 20*time.Second, "every pooled sandbox to hold a", allHold(hashA))
+	// The one of the first two that the deploy did not take holds a: it
+	// was restaged, since nothing was deployed when it joined.
+	var older string
+	for id := range before {
+		if id != took.Load() {
+			older = id
+		}
+	}
+	if !slices.Contains(d.calls(), stageCall{older, hashA}) {
+		t.Fatalf("stages %v; want a restaged into %s, which joined the pool before the deploy", d.calls(), older)
+	}
+
+	// Another artifact: the pooled sandbox that held a has it deleted and
+	// gets b.
+	runJob(t, h, evs, "b", hashB)
+	eventually(t, 20*time.Second, "every pooled sandbox to hold b", allHold(hashB))
+	var kept string // the pooled one the deploy of b did not take
+	for id := range pooled() {
+		if slices.Contains(d.calls(), stageCall{id, hashA}) {
+			kept = id
+		}
+	}
+	if kept == "" {
+		t.Fatalf("no pooled sandbox held a before b's deploy (stages %v)", d.calls())
+	}
+	if u := d.unstageCalls(); !slices.Contains(u, stageCall{kept, hashA}) {
+		t.Fatalf("unstages %v; want a deleted from %s before b went in", u, kept)
+	}
+	h.node.mu.Lock()
+	work := filepath.Join(h.node.sandboxes[kept].dir, process.WorkDir)
+	h.node.mu.Unlock()
+	if _, err := os.Stat(filepath.Join(work, ".staged-"+hashA)); !errors.Is(err, fs.ErrNotExist) {
+		t.Fatalf("a in %s after its unstage: %v", work, err)
+	}
+
+	// The next deploy of b finds it there and stages nothing.
+	n := len(d.calls())
+	h.node.testHookBeforeAgentDeploy = func(sb sandbox.Sandbox, dep *agentapi.Deploy) {
+		took.Store(sb.ID())
+		if slices.ContainsFunc(d.calls()[n:], func(c stageCall) bool { return c.sandbox == sb.ID() }) || dep.StagedPath == "" {
+			t.Errorf("the redeploy of b staged into %s (stages %v, staged path %q)", sb.ID(), d.calls()[n:], dep.StagedPath)
+		}
+		dep.Unstage = nil
+	}
+	runJob(t, h, evs, "b", hashB)
+	h.assertClean(t)
 }

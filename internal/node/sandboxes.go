@@ -136,6 +136,101 @@ func (n *Node) prestage(ctx context.Context, h *sandboxHandle) {
 	n.log.Debug("Artifact staged ahead", keyVMID, h.id, "hash", hash, "took", time.Since(t0))
 }
 
+// kickRestage asks restageLoop for a pass.
+func (n *Node) kickRestage() {
+	select {
+	case n.restageKick <- struct{}{}:
+	default:
+	}
+}
+
+// restageLoop keeps the sandboxes waiting in the pool staged with the
+// artifact deployed last, as prestage does for new ones. Without it the
+// sandboxes that joined the pool before a deploy (all of them, on a node
+// that has just started or after a new version's first deploy) hold no file
+// or the old one, and the next deploys of the new artifact, a service
+// scaling out or rolling over, each stage it while their caller waits. A
+// pass starts after a deploy, held back as long as the pool's refill is
+// (the deployed workload is starting on the same cores), and restages one
+// sandbox after another, each lent by the pool for the time it takes.
+func (n *Node) restageLoop() {
+	defer n.bg.Done()
+	for {
+		select {
+		case <-n.ctx.Done():
+			return
+		case <-n.restageKick:
+		}
+		select {
+		case <-n.ctx.Done():
+			return
+		case <-time.After(refillDelay(n.o.Driver)):
+		}
+		tried := map[*sandboxHandle]bool{}
+		for n.restage(tried) {
+		}
+	}
+}
+
+// restage restages one sandbox waiting in the pool that takes files ahead,
+// has not been tried in this pass and does not hold the artifact last
+// staged; it reports whether it found one. The pool lends none while a
+// deploy waits for a sandbox. The old file is deleted first, so the guest
+// never holds both. Best effort, as prestage is: a sandbox it fails goes
+// back to the pool holding no file (or, if even the delete failed, the one
+// it had, which a deploy then unstages as before).
+func (n *Node) restage(tried map[*sandboxHandle]bool) bool {
+	if !n.cfg.Prestage() || n.testNoRestage {
+		return false
+	}
+	n.mu.Lock()
+	hash := n.lastStaged
+	n.mu.Unlock()
+	if hash == "" {
+		return false
+	}
+	h, ok := n.pool.Lend(func(h *sandboxHandle) bool {
+		h.mu.Lock()
+		defer h.mu.Unlock()
+		ps, ok := h.sb.(sandbox.Prestager)
+		return ok && !tried[h] && h.prestaged.hash != hash && ps.Prestage()
+	})
+	if !ok {
+		return false
+	}
+	defer n.pool.Return(h)
+	tried[h] = true
+	src, ok := n.artifacts.hold(hash)
+	if !ok {
+		return false
+	}
+	defer n.artifacts.release(hash)
+	ps := h.sb.(sandbox.Prestager)
+	h.mu.Lock()
+	old := h.prestaged.hash
+	h.mu.Unlock()
+	t0 := time.Now()
+	if old != "" {
+		if err := ps.Unstage(n.ctx, old); err != nil {
+			n.log.Debug("Deleting the artifact staged ahead failed; leaving the sandbox as it was", keyVMID, h.id, "error", err)
+			return true
+		}
+		h.mu.Lock()
+		h.prestaged.hash, h.prestaged.path = "", ""
+		h.mu.Unlock()
+	}
+	path, err := ps.Stage(n.ctx, src, hash)
+	if err != nil {
+		n.log.Debug("Restaging a pooled sandbox failed; a deploy will stage its own", keyVMID, h.id, "error", err)
+		return true
+	}
+	h.mu.Lock()
+	h.prestaged.hash, h.prestaged.path = hash, path
+	h.mu.Unlock()
+	n.log.Debug("Pooled sandbox restaged", keyVMID, h.id, "hash", hash, "replaced", old, "took", time.Since(t0))
+	return true
+}
+
 // watch reacts to a sandbox's exit: a pooled one is dropped (the pool
 // refills), a bound one takes its workload down (and maybe back up).
 func (h *sandboxHandle) watch() {

@@ -155,6 +155,7 @@ func (n *Node) start(ctx context.Context, w *workload) error {
 			n.mu.Lock()
 			n.lastStaged = w.hash
 			n.mu.Unlock()
+			n.kickRestage()
 		}
 	}
 	if n.testHookBeforeAgentDeploy != nil {

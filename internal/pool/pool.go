@@ -38,8 +38,10 @@ type Options struct {
 // Status is a snapshot of the pool.
 type Status struct {
 	Target, Ready, Starting, Waiting int
-	ConsecutiveFailures              int
-	LastError                        string
+	// Lent counts members out on a short job of the caller's (Lend).
+	Lent                int
+	ConsecutiveFailures int
+	LastError           string
 }
 
 // Pool keeps members of type M ready.
@@ -49,6 +51,7 @@ type Pool[M comparable] struct {
 
 	mu       sync.Mutex
 	ready    []M
+	lent     map[M]struct{} // Lend: out, still the pool's
 	starting int
 	waiting  int
 	failures int
@@ -84,8 +87,8 @@ func New[M comparable](factory Factory[M], o Options) *Pool[M] {
 		o.Log = slog.Default()
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	return &Pool[M]{o: o, factory: factory, changed: make(chan struct{}), ctx: ctx, cancel: cancel,
-		kick: make(chan struct{}, 1)}
+	return &Pool[M]{o: o, factory: factory, lent: map[M]struct{}{}, changed: make(chan struct{}), ctx: ctx,
+		cancel: cancel, kick: make(chan struct{}, 1)}
 }
 
 // Start runs the refill loop until Close.
@@ -118,8 +121,7 @@ func (p *Pool[M]) refill() {
 		}
 		for {
 			p.mu.Lock()
-			want := p.o.Target + p.waiting - len(p.ready) - p.starting
-			if p.closed || want <= 0 || p.starting >= p.o.Parallel {
+			if p.closed || p.missing() <= 0 || p.starting >= p.o.Parallel {
 				p.mu.Unlock()
 				break
 			}
@@ -143,6 +145,12 @@ func (p *Pool[M]) refill() {
 			go p.startOne(delay)
 		}
 	}
+}
+
+// missing is how many members to start: the target and the takers
+// waiting, less those ready, lent or starting. Call with mu held.
+func (p *Pool[M]) missing() int {
+	return p.o.Target + p.waiting - len(p.ready) - len(p.lent) - p.starting
 }
 
 func (p *Pool[M]) startOne(delay time.Duration) {
@@ -243,11 +251,63 @@ func (p *Pool[M]) TakePreferring(ctx context.Context, prefer func(M) bool) (M, e
 	}
 }
 
-// Remove drops a member that died while waiting in the pool; it reports
-// whether m was in the pool.
+// Lend hands out, for a short job of the caller's (the node stages a file
+// into a waiting VM), the longest-ready member that pick accepts. It stays
+// the pool's while lent: no refill replaces it, Remove drops it, and a Take
+// that finds no other member waits for it (or for a new one, as always).
+// Lend lends nothing while a Take waits, or after Close. pick runs under
+// the pool's lock, as TakePreferring's prefer does. Give the member back
+// with Return.
+func (p *Pool[M]) Lend(pick func(M) bool) (M, bool) {
+	var zero M
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.closed || p.waiting > 0 {
+		return zero, false
+	}
+	i := slices.IndexFunc(p.ready, pick)
+	if i < 0 {
+		return zero, false
+	}
+	m := p.ready[i]
+	p.ready = slices.Delete(p.ready, i, i+1)
+	p.lent[m] = struct{}{}
+	p.notify()
+	return m, true
+}
+
+// Return puts a lent member back as the newest ready one. A member removed
+// while lent (Remove: it died) stays out; one returned after Close is
+// discarded, since Close handed out only the members it held.
+func (p *Pool[M]) Return(m M) {
+	p.mu.Lock()
+	if _, ok := p.lent[m]; !ok {
+		p.mu.Unlock()
+		return
+	}
+	delete(p.lent, m)
+	if p.closed {
+		p.mu.Unlock()
+		p.discard(m)
+		return
+	}
+	p.ready = append(p.ready, m)
+	p.notify()
+	p.mu.Unlock()
+	p.poke()
+}
+
+// Remove drops a member that died while waiting in the pool (or while
+// lent); it reports whether m was the pool's.
 func (p *Pool[M]) Remove(m M) bool {
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	if _, ok := p.lent[m]; ok {
+		delete(p.lent, m)
+		p.notify()
+		p.poke()
+		return true
+	}
 	for i, r := range p.ready {
 		if r == m {
 			p.ready = append(p.ready[:i:i], p.ready[i+1:]...)
@@ -272,7 +332,7 @@ func (p *Pool[M]) Status() Status {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	s := Status{Target: p.o.Target, Ready: len(p.ready), Starting: p.starting, Waiting: p.waiting,
-		ConsecutiveFailures: p.failures}
+		Lent: len(p.lent), ConsecutiveFailures: p.failures}
 	if p.lastErr != nil {
 		s.LastError = p.lastErr.Error()
 	}

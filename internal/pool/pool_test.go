@@ -3,6 +3,7 @@ package pool
 import (
 	"context"
 	"errors"
+	"slices"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -212,5 +213,122 @@ func TestTakePreferring(t *testing.T) {
 	}
 	if got := take(nil); got != order[2] {
 		t.Fatalf("took %d, want %d (ready: %v)", got, order[2], order)
+	}
+}
+
+type discarded struct {
+	n    int
+	gone atomic.Bool
+}
+
+func (d *discarded) Discard() { d.gone.Store(true) }
+
+// A lent member stays the pool's: nothing starts in its place, it comes
+// back as the newest, and a Take that found the pool empty gets it.
+func TestLendAndReturn(t *testing.T) {
+	f, made := counter()
+	p := New(f, Options{Target: 2})
+	p.Start()
+	defer p.Close()
+	if err := p.Wait(ctxT(t), 2); err != nil {
+		t.Fatal(err)
+	}
+	p.mu.Lock()
+	first, second := p.ready[0], p.ready[1]
+	p.mu.Unlock()
+	if _, ok := p.Lend(func(*member) bool { return false }); ok {
+		t.Fatal("lent a member pick refused")
+	}
+	m, ok := p.Lend(func(m *member) bool { return true })
+	if !ok || m != first {
+		t.Fatalf("lent %v, %v; want the longest-ready %v", m, ok, first)
+	}
+	p.mu.Lock()
+	missing := p.missing()
+	p.mu.Unlock()
+	if st := p.Status(); missing != 0 || st.Ready != 1 || st.Lent != 1 || st.Starting != 0 {
+		t.Fatalf("with one lent: status %+v, %d missing; want 1 ready, 1 lent, none to start", st, missing)
+	}
+	p.Return(m)
+	p.mu.Lock()
+	order := []*member{p.ready[0], p.ready[1]}
+	p.mu.Unlock()
+	if order[0] != second || order[1] != first || p.Status().Lent != 0 {
+		t.Fatalf("after return: ready %v, want %v then %v", order, second, first)
+	}
+
+	// A Take that waits while the only member is lent gets it back.
+	p.SetTarget(0)
+	if _, err := p.Take(ctxT(t)); err != nil {
+		t.Fatal(err)
+	}
+	m, _ = p.Lend(func(*member) bool { return true })
+	got := make(chan *member)
+	go func() {
+		m, _ := p.Take(ctxT(t))
+		got <- m
+	}()
+	eventuallyWaiting(t, p)
+	if _, ok := p.Lend(func(*member) bool { return true }); ok {
+		t.Fatal("lent while a take waits")
+	}
+	p.Return(m)
+	select {
+	case g := <-got:
+		if g != m {
+			t.Fatalf("the waiting take got %v, want the lent %v", g, m)
+		}
+	case <-ctxT(t).Done():
+		t.Fatal("the waiting take got nothing")
+	}
+	// With the target at 0 the lent member was all the take needed.
+	if made.Load() != 2 {
+		t.Fatalf("made %d members, want 2", made.Load())
+	}
+}
+
+func eventuallyWaiting(t *testing.T, p *Pool[*member]) {
+	t.Helper()
+	for ctx := ctxT(t); p.Status().Waiting == 0; {
+		select {
+		case <-ctx.Done():
+			t.Fatal("no take waited")
+		case <-time.After(time.Millisecond):
+		}
+	}
+}
+
+// A lent member that dies is removed; one returned after Close is
+// discarded.
+func TestLentMemberRemovedOrReturnedAfterClose(t *testing.T) {
+	var n atomic.Int64
+	p := New(func(ctx context.Context) (*discarded, error) { return &discarded{n: int(n.Add(1))}, nil }, Options{Target: 2})
+	p.Start()
+	if err := p.Wait(ctxT(t), 2); err != nil {
+		t.Fatal(err)
+	}
+	a, _ := p.Lend(func(*discarded) bool { return true })
+	if !p.Remove(a) {
+		t.Fatal("a lent member was not the pool's to remove")
+	}
+	p.Return(a)
+	if err := p.Wait(ctxT(t), 2); err != nil { // the refill replaced it
+		t.Fatal(err)
+	}
+	p.mu.Lock()
+	back := slices.Contains(p.ready, a)
+	p.mu.Unlock()
+	if back || a.gone.Load() {
+		t.Fatalf("a removed member came back (%v) or the pool discarded it (%v): the remover does", back, a.gone.Load())
+	}
+
+	b, _ := p.Lend(func(*discarded) bool { return true })
+	left := p.Close()
+	if len(left) != 1 || slices.Contains(left, b) {
+		t.Fatalf("close returned %v; want the one member not lent", left)
+	}
+	p.Return(b)
+	if !b.gone.Load() {
+		t.Fatal("a member returned after close was not discarded")
 	}
 }

@@ -86,10 +86,14 @@ type Stager interface {
 // sandbox can take a file ahead (a VM without a file port cannot). A deploy
 // of another artifact tells the agent to delete the file staged ahead
 // (agentapi.Deploy.Unstage), so it costs guest memory only while the
-// sandbox waits in the pool.
+// sandbox waits in the pool. When the node deploys another artifact, it
+// also restages the sandboxes waiting in the pool: Unstage deletes the file
+// staged ahead under name (as given to Stage; deleting one that is not
+// there is no error), and Stage puts the new one in its place.
 type Prestager interface {
 	Stager
 	Prestage() bool
+	Unstage(ctx context.Context, name string) error
 }
 
 // RefillPacer is implemented by drivers that say how long a warm pool

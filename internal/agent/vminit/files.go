@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -85,12 +86,16 @@ func (s *FileServer) Serve(ctx context.Context, port io.ReadWriter) error {
 			return fmt.Errorf("file port: %w", err)
 		}
 		wait = pollEvery
-		s.framed.Store(true)
 		t0 := time.Now()
 		var reply agentapi.FileReply
-		if h.DiskSize > 0 {
+		switch {
+		case h.Delete:
+			err = s.remove(h.Name)
+		case h.DiskSize > 0:
+			s.framed.Store(true)
 			reply, err = s.fromDisk(h)
-		} else {
+		default:
+			s.framed.Store(true)
 			reply.Path, err = s.receive(r, h, buf)
 		}
 		if errors.Is(err, errHostGone) {
@@ -101,7 +106,9 @@ func (s *FileServer) Serve(ctx context.Context, port io.ReadWriter) error {
 		switch {
 		case err != nil:
 			reply.Error = err.Error()
-			s.Log.Warn("file refused", "name", h.Name, "bytes", size, keyError, err)
+			s.Log.Warn("file refused", "name", h.Name, "bytes", size, "delete", h.Delete, keyError, err)
+		case h.Delete:
+			s.Log.Debug("file deleted", "name", h.Name, keyTook, time.Since(t0))
 		case reply.Path != "":
 			s.Log.Debug("file received", "path", reply.Path, "bytes", size, "disk", reply.Disk, keyTook, time.Since(t0))
 		}
@@ -190,7 +197,23 @@ func readFileHeader(r *bufio.Reader) (agentapi.FileHeader, error) {
 	if h.DiskSize < 0 || h.DiskSize > agentapi.MaxStagedSize || (h.DiskSize > 0 && h.Size != 0) {
 		return h, fmt.Errorf("header: disk size %d with size %d: want 0..%d, and size 0", h.DiskSize, h.Size, agentapi.MaxStagedSize)
 	}
+	if h.Delete && (h.Size != 0 || h.DiskSize != 0) {
+		// Its bytes, if any, would follow: the stream would be out of step.
+		return h, fmt.Errorf("header: delete with size %d, disk size %d: want both 0", h.Size, h.DiskSize)
+	}
 	return h, nil
+}
+
+// remove deletes Dir/name, a file staged ahead (agentapi.FileHeader.Delete).
+// A file that is not there is no error: the node wants it gone.
+func (s *FileServer) remove(name string) error {
+	if err := agentapi.CheckStagedName(name); err != nil {
+		return err
+	}
+	if err := os.Remove(filepath.Join(s.Dir, name)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return err
+	}
+	return nil
 }
 
 // receive reads one frame's h.Size bytes into Dir/h.Name. A file it

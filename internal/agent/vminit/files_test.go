@@ -154,6 +154,38 @@ func TestFileServerWritesFiles(t *testing.T) {
 	assertOnly(t, p.dir, "artifact-0", "artifact-1", "artifact-2")
 }
 
+// A delete frame removes a staged file and only that; a file that is not
+// there is no error, a bad name is refused, and the port stays in step.
+func TestFileServerDeletes(t *testing.T) {
+	p := startFileServer(t, plenty)
+	for _, name := range []string{"keep", "drop"} {
+		if r := p.send(t, name, 3, []byte("abc")); r.Error != "" {
+			t.Fatal(r.Error)
+		}
+	}
+	del := func(name string) agentapi.FileReply {
+		t.Helper()
+		p.writeHeader(t, agentapi.FileHeader{Name: name, Delete: true}, nil)
+		return p.read(t)
+	}
+	if r := del("drop"); r != (agentapi.FileReply{}) {
+		t.Fatalf("delete answered %+v, want an empty reply", r)
+	}
+	assertOnly(t, p.dir, "keep")
+	if r := del("drop"); r != (agentapi.FileReply{}) {
+		t.Fatalf("deleting a file that is gone answered %+v, want an empty reply", r)
+	}
+	for _, name := range []string{"..", ".part-keep", "a/b"} {
+		if r := del(name); !strings.Contains(r.Error, "staged file name") {
+			t.Fatalf("delete %q answered %+v, want a name error", name, r)
+		}
+	}
+	assertOnly(t, p.dir, "keep")
+	if r := p.send(t, "next", 1, []byte("x")); r.Error != "" || r.Path == "" {
+		t.Fatalf("a file after the deletes: %+v", r)
+	}
+}
+
 // A refused name's bytes are dropped and the next frame works: the stream
 // stays in step.
 func TestFileServerRefusesBadNames(t *testing.T) {
@@ -245,6 +277,8 @@ func TestFileServerBadHeaders(t *testing.T) {
 		{"too long", `{"name":"` + strings.Repeat("x", agentapi.MaxFileHeader) + `","size":1}`, "longer than"},
 		{"disk and body", `{"name":"x","size":1,"disk_size":1}`, "size 0"},
 		{"disk oversize", fmt.Sprintf(`{"name":"x","size":0,"disk_size":%d}`, agentapi.MaxStagedSize+1), "disk size"},
+		{"delete with a body", `{"name":"x","size":3,"delete":true}`, "want both 0"},
+		{"delete from the disk", `{"name":"x","disk_size":3,"delete":true}`, "want both 0"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"log/slog"
 	"os"
 	"os/exec"
@@ -193,6 +194,17 @@ func (s *Sandbox) Stage(_ context.Context, src, name string) (string, error) {
 		return "", fmt.Errorf("stage artifact: %w", err)
 	}
 	return dst, nil
+}
+
+// Unstage deletes what Stage made for name. The node calls it only on
+// sandboxes that take files ahead (sandbox.Prestager), which a process
+// sandbox is not; tests that make it one use it.
+func (s *Sandbox) Unstage(_ context.Context, name string) error {
+	err := os.Remove(filepath.Join(s.work, ".staged-"+filepath.Base(name)))
+	if err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("unstage artifact: %w", err)
+	}
+	return nil
 }
 
 func (s *Sandbox) ID() string            { return s.id }

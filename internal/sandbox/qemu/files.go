@@ -95,12 +95,21 @@ func newFilePort(ln *net.UnixListener, disk string, log *slog.Logger) *filePort 
 	return &filePort{ln: ln, timeout: stageTimeout, disk: disk, log: log}
 }
 
+// Unstage implements sandbox.Prestager: the guest deletes the file staged
+// ahead as name (agentapi.FileHeader.Delete).
+func (v *vm) Unstage(ctx context.Context, name string) error {
+	if v.files == nil {
+		return fmt.Errorf("unstage from vm %s: no file port", v.id)
+	}
+	if err := v.files.remove(ctx, name); err != nil {
+		return fmt.Errorf("unstage from vm %s: %w", v.id, err)
+	}
+	return nil
+}
+
 // push sends one file and returns where the guest put it. It gives up at
 // the transfer's deadline or when ctx ends, whichever comes first.
 func (p *filePort) push(ctx context.Context, src, name string) (string, int64, error) {
-	if err := ctx.Err(); err != nil {
-		return "", 0, err
-	}
 	if err := agentapi.CheckStagedName(name); err != nil {
 		return "", 0, err
 	}
@@ -117,11 +126,46 @@ func (p *filePort) push(ctx context.Context, src, name string) (string, int64, e
 	if size > agentapi.MaxStagedSize {
 		return "", size, fmt.Errorf("%s is %d bytes, more than the file port takes (%d)", src, size, agentapi.MaxStagedSize)
 	}
+	path, err := p.frame(ctx, size, func(conn net.Conn) (path string, err error) {
+		sent := false
+		if p.disk != "" && !p.noDisk {
+			path, sent, err = p.viaDisk(conn, name, size, f)
+		}
+		if !sent && err == nil {
+			path, err = sendFile(conn, p.r, name, size, f)
+		}
+		return path, err
+	})
+	return path, size, err
+}
 
+// remove has the guest delete the staged file name.
+func (p *filePort) remove(ctx context.Context, name string) error {
+	if err := agentapi.CheckStagedName(name); err != nil {
+		return err
+	}
+	_, err := p.frame(ctx, 0, func(conn net.Conn) (string, error) {
+		r, err := exchange(conn, p.r, agentapi.FileHeader{Name: name, Delete: true}, nil)
+		if err == nil && r.Error != "" {
+			err = &refusedError{r.Error}
+		}
+		return "", err
+	})
+	return err
+}
+
+// frame runs one exchange on the port (send), alone, bounded by the
+// deadline of a transfer of size bytes and by ctx. A frame cut off midway
+// leaves the stream out of step: the port is then broken for good, and
+// hanging up tells the guest so. A refusal (refusedError) leaves it usable.
+func (p *filePort) frame(ctx context.Context, size int64, send func(net.Conn) (string, error)) (string, error) {
+	if err := ctx.Err(); err != nil {
+		return "", err
+	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if p.broken != nil {
-		return "", size, fmt.Errorf("file port unusable: %w", p.broken)
+		return "", fmt.Errorf("file port unusable: %w", p.broken)
 	}
 	deadline := time.Now().Add(p.timeout(size))
 	if d, ok := ctx.Deadline(); ok && d.Before(deadline) {
@@ -132,33 +176,24 @@ func (p *filePort) push(ctx context.Context, src, name string) (string, int64, e
 		if ctx.Err() == nil { // QEMU never connected: the port is no use
 			p.broken = err
 		}
-		return "", size, err
+		return "", err
 	}
 	conn.SetDeadline(deadline)
 	stop := context.AfterFunc(ctx, func() { conn.SetDeadline(time.Unix(1, 0)) })
-	var path string
-	sent := false
-	if p.disk != "" && !p.noDisk {
-		path, sent, err = p.viaDisk(conn, name, size, f)
-	}
-	if !sent && err == nil {
-		path, err = sendFile(conn, p.r, name, size, f)
-	}
+	path, err := send(conn)
 	if !stop() && err != nil {
 		err = fmt.Errorf("%w (%w)", ctx.Err(), err)
 	}
 	var refused *refusedError
 	switch {
 	case errors.As(err, &refused):
-		return "", size, err
+		return "", err
 	case err != nil:
-		// Cut off mid-frame: what the guest reads next would not start a
-		// frame. Hanging up tells it so.
 		p.broken = err
 		conn.Close()
-		return "", size, err
+		return "", err
 	}
-	return path, size, nil
+	return path, nil
 }
 
 // via tells how files cross: "stage disk", or "port" once the guest has

@@ -247,6 +247,55 @@ func testFilePortGuestRefusal(t *testing.T, disk bool) {
 	}
 }
 
+// Unstage's frame: the guest deletes the file and only that, a file
+// already gone is no error, and the port stays usable. A guest from before
+// the delete frame takes it as a file of 0 bytes, which frees the memory
+// all the same.
+func TestFilePortRemove(t *testing.T) {
+	ft := newFileTestDisk(t, plentyOfRoom, true, true)
+	ft.guest(t)
+	ctx := context.Background()
+	src, _ := artifact(t, 70000)
+	for _, name := range []string{"a", "b"} {
+		if _, _, err := ft.port.push(ctx, src, name); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := ft.port.remove(ctx, "a"); err != nil {
+		t.Fatal(err)
+	}
+	if err := ft.port.remove(ctx, "a"); err != nil {
+		t.Fatalf("removing a file already gone: %v", err)
+	}
+	if err := ft.port.remove(ctx, "../b"); err == nil || !strings.Contains(err.Error(), "staged file name") {
+		t.Fatalf("remove(../b) = %v, want a name error", err)
+	}
+	if _, err := os.Stat(filepath.Join(ft.staged, "a")); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("a after its removal: %v", err)
+	}
+	if _, err := os.Stat(filepath.Join(ft.staged, "b")); err != nil {
+		t.Fatalf("b, not removed: %v", err)
+	}
+	if _, _, err := ft.port.push(ctx, src, "c"); err != nil {
+		t.Fatalf("push after the removals: %v", err)
+	}
+
+	old := newFileTest(t, plentyOfRoom)
+	conn, err := net.Dial("unix", old.port.ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	got := make(chan []agentapi.FileHeader, 1)
+	go func() { got <- oldGuest(conn, 1) }()
+	if err := old.port.remove(ctx, "a"); err != nil {
+		t.Fatalf("remove on a guest from before it: %v", err)
+	}
+	if h := <-got; len(h) != 1 || h[0].Name != "a" || h[0].Size != 0 {
+		t.Fatalf("frames %+v: want one of 0 bytes named a", h)
+	}
+}
+
 func TestFilePortBadName(t *testing.T) {
 	ft := newFileTest(t, plentyOfRoom)
 	src, _ := artifact(t, 10)

@@ -110,10 +110,23 @@ func testStage(t *testing.T, d *Driver) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// A file staged ahead and then replaced in the pool (the node's
+	// restage) is deleted by Unstage, before any deploy.
+	replaced, err := st.Stage(ctx, aheadFile, "replaced")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ps := sb.(sandbox.Prestager)
+	for range 2 { // the second finds nothing to delete, and is no error
+		if err := ps.Unstage(ctx, "replaced"); err != nil {
+			t.Fatal(err)
+		}
+	}
 	// The agent rehearsed a deploy while the files came (agent/rehearse.go):
 	// this image's /init ran as a program of its own and exited 0.
 	waitConsole(t, ctx, sb.(*vm), "rehearsed a deploy")
-	dep.WorkloadID, dep.Argv, dep.Unstage = "staged", []string{"sha256/" + dataPath, "sha256/" + ahead}, []string{ahead}
+	dep.WorkloadID, dep.Unstage = "staged", []string{ahead}
+	dep.Argv = []string{"sha256/" + dataPath, "sha256/" + ahead, "sha256/" + replaced}
 	if r, err := ag.Deploy(ctx, dep, nil); err != nil || !r.OK {
 		t.Fatalf("deploy the staged probe: %+v, %v", r, err)
 	}
@@ -130,10 +143,13 @@ func testStage(t *testing.T, d *Driver) {
 	if n := sb.(*vm).portConns.Load(); n < 1 {
 		t.Fatalf("%d connections over the NATS port; want the agent's", n)
 	}
-	out := probeSHA256(ag, dataPath, ahead)
-	got, gotAhead := out[0], out[1]
+	out := probeSHA256(ag, dataPath, ahead, replaced)
+	got, gotAhead, gotReplaced := out[0], out[1], out[2]
 	if !strings.Contains(gotAhead, "no such file") {
 		t.Fatalf("the file staged ahead and unstaged, read in the guest: %q; want it gone", gotAhead)
+	}
+	if !strings.Contains(gotReplaced, "no such file") {
+		t.Fatalf("the file deleted by Unstage, read in the guest: %q; want it gone", gotReplaced)
 	}
 	if sum := sha256.Sum256(dataBytes); got != hex.EncodeToString(sum[:]) {
 		t.Fatalf("sha256 of the staged file in the guest = %q, want %x (the host's)", got, sha256.Sum256(dataBytes))
