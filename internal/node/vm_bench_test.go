@@ -6,10 +6,12 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"testing"
 	"time"
 
+	"github.com/nex-engine/nex/internal/guestimage"
 	"github.com/nex-engine/nex/internal/node/config"
 	"github.com/nex-engine/nex/internal/sandbox/qemu"
 	"github.com/nex-engine/nex/internal/sandbox/sandboxtest"
@@ -44,23 +46,7 @@ func BenchmarkVMDeployToFirstReply(b *testing.B) {
 		snap, prestage := run.snap, run.prestage
 		defaultRefillDelay = run.delay
 		b.Run(fmt.Sprintf("snapshot=%v/refill_delay=%v/prestage=%v", snap, run.delay, prestage), func(b *testing.B) {
-			// unix socket paths must fit 108 bytes: keep the state dir short.
-			short, err := os.MkdirTemp("", "nexvm")
-			if err != nil {
-				b.Fatal(err)
-			}
-			defer os.RemoveAll(short)
-			h := newHarnessWithDriver(b, func(c *config.Config) {
-				c.DataDir, c.StateDir = short, filepath.Join(short, "state")
-				n := 2
-				c.MachinePoolSize = &n
-				c.HandshakeTimeout = config.Duration(3 * time.Minute)
-				c.VMPrestage = &prestage
-			}, func(c *config.Config) (driverOf, error) {
-				return qemu.New(qemu.Config{Kernel: img.Kernel, Initrd: img.Initrd,
-					Snapshot: snap, SnapshotDir: filepath.Join(c.DataDir, "snapshots"), Log: quietLog()})
-			})
-			defer func() { _ = h.node.Stop(h.ctx()) }()
+			h := newVMBenchNode(b, img, snap, prestage)
 			data, _ := os.ReadFile(wl)
 			hash := h.upload("echo", data)
 			var lat, dlat []time.Duration
@@ -78,19 +64,7 @@ func BenchmarkVMDeployToFirstReply(b *testing.B) {
 					b.Fatal(err)
 				}
 				dlat = append(dlat, time.Since(start))
-				for {
-					if m, err := h.nc.Request(subject, nil, 200*time.Millisecond); err == nil && len(m.Data) > 0 {
-						break
-					}
-					if time.Since(start) > time.Minute {
-						b.Fatal("no echo from the VM")
-					}
-					// A pause between "no responders": asking in a tight
-					// loop took a host core from the guest (2 cores here)
-					// and read ≈ 10–15 % slower.
-					time.Sleep(5 * time.Millisecond)
-				}
-				lat = append(lat, time.Since(start))
+				lat = append(lat, firstEcho(b, h, subject, start))
 				h.node.mu.Lock()
 				w := h.node.workloads[run.ID]
 				h.node.mu.Unlock()
@@ -99,6 +73,121 @@ func BenchmarkVMDeployToFirstReply(b *testing.B) {
 			b.ReportMetric(float64(percentile(lat, 0.5).Microseconds())/1000, "p50-ms")
 			b.ReportMetric(float64(percentile(lat, 0.99).Microseconds())/1000, "p99-ms")
 			b.ReportMetric(float64(percentile(dlat, 0.5).Microseconds())/1000, "deploy-p50-ms")
+			b.ReportMetric(0, "ns/op")
+		})
+	}
+}
+
+// newVMBenchNode is a node on the qemu driver with a pool of 2 VMs, stopped
+// when b ends.
+func newVMBenchNode(b *testing.B, img guestimage.Image, snap, prestage bool) *harness {
+	// unix socket paths must fit 108 bytes: keep the state dir short.
+	short, err := os.MkdirTemp("", "nexvm")
+	if err != nil {
+		b.Fatal(err)
+	}
+	h := newHarnessWithDriver(b, func(c *config.Config) {
+		c.DataDir, c.StateDir = short, filepath.Join(short, "state")
+		n := 2
+		c.MachinePoolSize = &n
+		c.HandshakeTimeout = config.Duration(3 * time.Minute)
+		c.VMPrestage = &prestage
+	}, func(c *config.Config) (driverOf, error) {
+		return qemu.New(qemu.Config{Kernel: img.Kernel, Initrd: img.Initrd,
+			Snapshot: snap, SnapshotDir: filepath.Join(c.DataDir, "snapshots"), Log: quietLog()})
+	})
+	b.Cleanup(func() {
+		_ = h.node.Stop(h.ctx())
+		os.RemoveAll(short)
+	})
+	return h
+}
+
+// firstEcho asks the echo workload on subject until it answers and returns
+// the time since start.
+func firstEcho(b *testing.B, h *harness, subject string, start time.Time) time.Duration {
+	b.Helper()
+	for {
+		if m, err := h.nc.Request(subject, nil, 200*time.Millisecond); err == nil && len(m.Data) > 0 {
+			return time.Since(start)
+		}
+		if time.Since(start) > time.Minute {
+			b.Fatal("no echo from the VM")
+		}
+		// A pause between "no responders": asking in a tight loop took a
+		// host core from the guest (2 cores here) and read ≈ 10–15 %
+		// slower.
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// BenchmarkVMScaleOut is a new version's rollout, then its scale-out, on a
+// clone pool of 2 (qemu, TCG here): each round deploys a new artifact (the
+// echo workload with bytes of its own appended), waits 3 s, then deploys
+// two more replicas of it back to back. For each of those two (r1, r2):
+// p50 of the first echo (…-p50-ms) and of the node's answer to its deploy
+// (…-deploy-p50-ms). A deploy takes a pooled VM that holds its artifact
+// first, so r1 always finds one: the refill after the round's first
+// deploy. restage=false leaves the VMs waiting in the pool as they joined
+// it (node.testNoRestage): the other one joined before the round's first
+// deploy and holds the last round's artifact, and r2 stages its own.
+func BenchmarkVMScaleOut(b *testing.B) {
+	if os.Getenv("NEX_VM_TESTS") != "1" {
+		b.Skip("microVM benchmark: set NEX_VM_TESTS=1")
+	}
+	if _, err := exec.LookPath("qemu-system-x86_64"); err != nil {
+		b.Skip("qemu-system-x86_64 is not installed")
+	}
+	nex, wl := binaries(b)
+	img := sandboxtest.GuestImage(b, nex)
+	data, err := os.ReadFile(wl)
+	if err != nil {
+		b.Fatal(err)
+	}
+	for _, restage := range []bool{true, false} {
+		b.Run(fmt.Sprintf("restage=%v", restage), func(b *testing.B) {
+			h := newVMBenchNode(b, img, true, true)
+			h.node.testNoRestage = !restage
+			var lat, dlat [2][]time.Duration
+			for i := 0; i < b.N; i++ {
+				key := fmt.Sprintf("echo%d", i)
+				hash := h.upload(key, append(slices.Clone(data), fmt.Sprintf("version %d", i)...))
+				var ids []string
+				deploy := func(j int) (answer, echo time.Duration) {
+					subject := fmt.Sprintf("vmbench.scale.%d.%d", i, j)
+					start := time.Now()
+					run, err := h.deploy(h.deployRequest("echo", key, hash, nil, "echo", subject))
+					if err != nil {
+						b.Fatal(err)
+					}
+					ids = append(ids, run.ID)
+					return time.Since(start), firstEcho(b, h, subject, start)
+				}
+				ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+				if err := h.node.pool.Wait(ctx, 2); err != nil {
+					b.Fatal(err)
+				}
+				deploy(0)
+				time.Sleep(3 * time.Second)
+				if err := h.node.pool.Wait(ctx, 2); err != nil {
+					b.Fatal(err)
+				}
+				cancel()
+				for j := range 2 {
+					d, l := deploy(j + 1)
+					dlat[j], lat[j] = append(dlat[j], d), append(lat[j], l)
+				}
+				for _, id := range ids {
+					h.node.mu.Lock()
+					w := h.node.workloads[id]
+					h.node.mu.Unlock()
+					h.node.undeploy(h.ctx(), w, "benchmark")
+				}
+			}
+			for j := range 2 {
+				b.ReportMetric(float64(percentile(lat[j], 0.5).Microseconds())/1000, fmt.Sprintf("r%d-p50-ms", j+1))
+				b.ReportMetric(float64(percentile(dlat[j], 0.5).Microseconds())/1000, fmt.Sprintf("r%d-deploy-p50-ms", j+1))
+			}
 			b.ReportMetric(0, "ns/op")
 		})
 	}
