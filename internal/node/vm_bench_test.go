@@ -28,14 +28,7 @@ import (
 // is the part until the node's answer to the deploy, which comes once the
 // agent has started the workload.
 func BenchmarkVMDeployToFirstReply(b *testing.B) {
-	if os.Getenv("NEX_VM_TESTS") != "1" {
-		b.Skip("microVM benchmark: set NEX_VM_TESTS=1")
-	}
-	if _, err := exec.LookPath("qemu-system-x86_64"); err != nil {
-		b.Skip("qemu-system-x86_64 is not installed")
-	}
-	nex, wl := binaries(b)
-	img := sandboxtest.GuestImage(b, nex)
+	img, wl := vmBenchImage(b)
 	saved := defaultRefillDelay
 	defer func() { defaultRefillDelay = saved }()
 	for _, run := range []struct {
@@ -76,6 +69,19 @@ func BenchmarkVMDeployToFirstReply(b *testing.B) {
 			b.ReportMetric(0, "ns/op")
 		})
 	}
+}
+
+// vmBenchImage skips b unless VM tests are on and QEMU is there, and
+// returns the guest image of this nex and the echo workload's path.
+func vmBenchImage(b *testing.B) (guestimage.Image, string) {
+	if os.Getenv("NEX_VM_TESTS") != "1" {
+		b.Skip("microVM benchmark: set NEX_VM_TESTS=1")
+	}
+	if _, err := exec.LookPath("qemu-system-x86_64"); err != nil {
+		b.Skip("qemu-system-x86_64 is not installed")
+	}
+	nex, wl := binaries(b)
+	return sandboxtest.GuestImage(b, nex), wl
 }
 
 // newVMBenchNode is a node on the qemu driver with a pool of 2 VMs, stopped
@@ -132,14 +138,7 @@ func firstEcho(b *testing.B, h *harness, subject string, start time.Time) time.D
 // it (node.testNoRestage): the other one joined before the round's first
 // deploy and holds the last round's artifact, and r2 stages its own.
 func BenchmarkVMScaleOut(b *testing.B) {
-	if os.Getenv("NEX_VM_TESTS") != "1" {
-		b.Skip("microVM benchmark: set NEX_VM_TESTS=1")
-	}
-	if _, err := exec.LookPath("qemu-system-x86_64"); err != nil {
-		b.Skip("qemu-system-x86_64 is not installed")
-	}
-	nex, wl := binaries(b)
-	img := sandboxtest.GuestImage(b, nex)
+	img, wl := vmBenchImage(b)
 	data, err := os.ReadFile(wl)
 	if err != nil {
 		b.Fatal(err)
