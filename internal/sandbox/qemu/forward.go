@@ -62,3 +62,8 @@ func GuestForward(guestAddr string, argv []string, target string) string {
 	}
 	return "guestfwd=tcp:" + guestAddr + "-" + qemuOptValue("cmd:"+strings.Join(words, " "))
 }
+
+// shellQuote quotes p for the /bin/sh that runs a guestfwd's cmd: (GuestForward).
+func shellQuote(p string) string {
+	return "'" + strings.ReplaceAll(p, "'", `'\''`) + "'"
+}

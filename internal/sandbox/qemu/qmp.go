@@ -9,6 +9,8 @@ import (
 	"net"
 	"os"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // qmp is a minimal client of the QEMU Machine Protocol: one command at a
@@ -74,6 +76,22 @@ func (q *qmp) handshake(ctx context.Context) error {
 
 // exec runs one command and decodes its return value into out (if not nil).
 func (q *qmp) exec(ctx context.Context, command string, args, out any) error {
+	return q.call(ctx, command, args, out, nil)
+}
+
+// passFD hands QEMU an open file under name (QMP getfd, the descriptor
+// passed with SCM_RIGHTS on the command's message), for a later command to
+// name as "fd:<name>". QEMU holds its own copy; f may be closed after.
+func (q *qmp) passFD(ctx context.Context, name string, f *os.File) error {
+	if _, ok := q.conn.(*net.UnixConn); !ok {
+		return fmt.Errorf("qmp getfd: %T cannot pass a descriptor", q.conn)
+	}
+	return q.call(ctx, "getfd", map[string]string{"fdname": name}, nil, f)
+}
+
+// call writes one command, with f's descriptor attached when f is set, and
+// reads until its return or error.
+func (q *qmp) call(ctx context.Context, command string, args, out any, f *os.File) error {
 	stop := q.bind(ctx)
 	defer stop()
 	req := struct {
@@ -84,7 +102,13 @@ func (q *qmp) exec(ctx context.Context, command string, args, out any) error {
 	if err != nil {
 		return fmt.Errorf("qmp %s: %w", command, err)
 	}
-	if _, err := q.conn.Write(append(b, '\n')); err != nil {
+	b = append(b, '\n')
+	if f != nil {
+		_, _, err = q.conn.(*net.UnixConn).WriteMsgUnix(b, unix.UnixRights(int(f.Fd())), nil)
+	} else {
+		_, err = q.conn.Write(b)
+	}
+	if err != nil {
 		return fmt.Errorf("qmp %s: %w", command, ctxErr(ctx, err))
 	}
 	for {

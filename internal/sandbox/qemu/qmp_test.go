@@ -103,6 +103,41 @@ func TestQMPAgainstQEMU(t *testing.T) {
 		t.Fatalf("x-ignore-shared not on after setCapability: %+v", caps)
 	}
 
+	// A file passed over QMP (as a template's state is saved) takes a
+	// migration: the stream's magic is there once it completes.
+	if err := q.exec(ctx, "migrate", map[string]string{"uri": "fd:state"}, nil); err == nil {
+		t.Fatal("migrate to an fd not passed yet: no error")
+	}
+	state := filepath.Join(t.TempDir(), "state")
+	f, err := os.Create(state)
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = q.passFD(ctx, "state", f)
+	f.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := q.exec(ctx, "migrate", map[string]string{"uri": "fd:state"}, nil); err != nil {
+		t.Fatal(err)
+	}
+	for {
+		m, err := q.migration(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if m.Status == "completed" {
+			break
+		}
+		if m.Status == "failed" || m.Status == "cancelled" {
+			t.Fatalf("migration to the passed fd: %+v", m)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	if b, _ := os.ReadFile(state); !strings.HasPrefix(string(b), "QEVM") {
+		t.Fatalf("state file after the migration: %d bytes, %.8q; want QEMU's stream", len(b), b)
+	}
+
 	if err := q.exec(ctx, "quit", nil, nil); err != nil {
 		t.Fatal(err)
 	}

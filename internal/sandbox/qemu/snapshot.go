@@ -392,8 +392,18 @@ func saveSnapshot(ctx context.Context, v *vm) error {
 	if err := q.setCapability(ctx, "x-ignore-shared", true); err != nil {
 		return err
 	}
-	uri := "exec:cat > " + shellQuote(v.path(stateFile))
-	if err := q.exec(ctx, "migrate", map[string]string{"uri": uri}, nil); err != nil {
+	// The state goes to a file the driver opened and passed to QEMU, as a
+	// clone's restore reads it from an inherited one: no shell, no cat.
+	f, err := os.OpenFile(v.path(stateFile), os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
+	if err != nil {
+		return err
+	}
+	err = q.passFD(ctx, "state", f)
+	f.Close()
+	if err != nil {
+		return err
+	}
+	if err := q.exec(ctx, "migrate", map[string]string{"uri": "fd:state"}, nil); err != nil {
 		return err
 	}
 	return poll(ctx, v, func() (bool, error) {
@@ -446,9 +456,4 @@ func poll(ctx context.Context, v *vm, cond func() (bool, error)) error {
 			return ctx.Err()
 		}
 	}
-}
-
-// shellQuote quotes p for the /bin/sh that runs QEMU's exec: migration URIs.
-func shellQuote(p string) string {
-	return "'" + strings.ReplaceAll(p, "'", `'\''`) + "'"
 }
