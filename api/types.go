@@ -103,6 +103,10 @@ type PoolStatus struct {
 	// Boot says how the driver starts sandboxes, when it has more to say
 	// than its name (microVMs: snapshot clones or cold boots, and why).
 	Boot string `json:"boot,omitempty"`
+	// StagedAhead counts the ready sandboxes that hold the artifact
+	// deployed last, staged ahead (microVMs with vm_prestage): a deploy of
+	// it into one of them skips copying it.
+	StagedAhead int `json:"staged_ahead,omitempty"`
 }
 
 // InfoResponse answers $NEX.INFO.<ns>.<node>.

@@ -48,6 +48,9 @@ func (c *NodeInfoCmd) Run(g *Globals, ctx context.Context) error {
 	}
 	if p := info.Pool; p != nil {
 		pool := fmt.Sprintf("%s driver: %d/%d ready, %d starting", p.Driver, p.Ready, p.Target, p.Starting)
+		if p.StagedAhead > 0 {
+			pool += fmt.Sprintf(", %d holding the artifact deployed last", p.StagedAhead)
+		}
 		if p.Failures > 0 {
 			pool += fmt.Sprintf(", %d consecutive failures", p.Failures)
 		}

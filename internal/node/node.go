@@ -427,6 +427,16 @@ func (n *Node) Info(ns string) api.InfoResponse {
 	if d, ok := n.o.Driver.(sandbox.Describer); ok {
 		resp.Pool.Boot = d.Describe()
 	}
+	n.mu.Lock()
+	last := n.lastStaged
+	n.mu.Unlock()
+	if last != "" {
+		resp.Pool.StagedAhead = n.pool.Count(func(h *sandboxHandle) bool {
+			h.mu.Lock()
+			defer h.mu.Unlock()
+			return h.prestaged.hash == last
+		})
+	}
 	return resp
 }
 

@@ -307,7 +307,8 @@ func TestRestagePooledSandboxes(t *testing.T) {
 					return false
 				}
 			}
-			return len(m) == 2 && h.node.pool.Status().Ready == 2
+			// node info tells it too.
+			return len(m) == 2 && h.node.pool.Status().Ready == 2 && h.node.Info("default").Pool.StagedAhead == 2
 		}
 	}
 	before := pooled()

@@ -319,6 +319,25 @@ func (p *Pool[M]) Remove(m M) bool {
 	return false
 }
 
+// Count counts the ready and lent members that match accepts; match runs
+// under the pool's lock, as TakePreferring's prefer does.
+func (p *Pool[M]) Count(match func(M) bool) int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	n := 0
+	for _, m := range p.ready {
+		if match(m) {
+			n++
+		}
+	}
+	for m := range p.lent {
+		if match(m) {
+			n++
+		}
+	}
+	return n
+}
+
 // SetTarget changes how many ready members the pool keeps.
 func (p *Pool[M]) SetTarget(n int) {
 	p.mu.Lock()

@@ -249,6 +249,12 @@ func TestLendAndReturn(t *testing.T) {
 	if st := p.Status(); missing != 0 || st.Ready != 1 || st.Lent != 1 || st.Starting != 0 {
 		t.Fatalf("with one lent: status %+v, %d missing; want 1 ready, 1 lent, none to start", st, missing)
 	}
+	if n := p.Count(func(*member) bool { return true }); n != 2 {
+		t.Fatalf("counted %d members with one lent, want 2", n)
+	}
+	if n := p.Count(func(x *member) bool { return x == m }); n != 1 {
+		t.Fatalf("counted %d lent members, want 1", n)
+	}
 	p.Return(m)
 	p.mu.Lock()
 	order := []*member{p.ready[0], p.ready[1]}

@@ -132,6 +132,19 @@ func TestQEMUNodeEchoFromVM(t *testing.T) {
 		t.Fatal(err)
 	}
 	echo(60*time.Second, "hello from a VM")
+	// Both VMs waiting in the pool get the echo service ahead: the one
+	// that joined before the deploy is restaged, its refill is staged
+	// before it joins. node info says so.
+	staged := time.Now().Add(time.Minute)
+	for p := e.nodeInfo(t, nodeID).Pool; p == nil || p.StagedAhead != 2; p = e.nodeInfo(t, nodeID).Pool {
+		if time.Now().After(staged) {
+			t.Fatalf("node info pool %+v: want both VMs holding the echo service\n%s", p, n.logText())
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	if out := e.run("node", "info", nodeID); !strings.Contains(out, "2 holding the artifact deployed last") {
+		t.Fatalf("node info does not say the pool holds the artifact:\n%s", out)
+	}
 	info := e.nodeInfo(t, nodeID)
 	if len(info.Machines) != 1 || info.Machines[0].Workload.Runtime != "qemu" || info.Machines[0].SandboxID == "" {
 		t.Fatalf("info machines %+v", info.Machines)
