@@ -85,9 +85,7 @@ func benchmarkDeployToFirstReply(b *testing.B, refill time.Duration) {
 		b.StopTimer()
 		// Stop inside the node: a stop JWT must not share the deploy's iat
 		// second (PROTOCOL.md), and the stop is not what is measured.
-		h.node.mu.Lock()
-		w := h.node.workloads[run.ID]
-		h.node.mu.Unlock()
+		w := h.workload(run.ID)
 		h.node.undeploy(h.ctx(), w, "benchmark")
 		b.StartTimer()
 	}

@@ -149,9 +149,7 @@ func TestDeployEchoLogsAndStop(t *testing.T) {
 	}
 
 	var pid int
-	h.node.mu.Lock()
-	w := h.node.workloads[run.ID]
-	h.node.mu.Unlock()
+	w := h.workload(run.ID)
 	pid = w.sandbox.sb.PID()
 
 	// Stop: no responders afterwards, process and files gone.
@@ -429,9 +427,7 @@ func TestWorkloadExitAndEssentialRestart(t *testing.T) {
 	eventually(t, 20*time.Second, "svc.ess", func() bool { got, err := h.echo("svc.ess", "a"); return err == nil && got == "echo: a" })
 
 	sandboxPID := func() int {
-		h.node.mu.Lock()
-		w := h.node.workloads[run.ID]
-		h.node.mu.Unlock()
+		w := h.workload(run.ID)
 		w.mu.Lock()
 		defer w.mu.Unlock()
 		if w.sandbox == nil {
@@ -463,9 +459,7 @@ func TestWorkloadExitAndEssentialRestart(t *testing.T) {
 		t.Fatal("no agent_stopped event")
 	}
 	// Same workload id throughout, with its retry count.
-	h.node.mu.Lock()
-	w := h.node.workloads[run.ID]
-	h.node.mu.Unlock()
+	w := h.workload(run.ID)
 	if w == nil || w.retries < 2 {
 		t.Fatalf("workload %v", w)
 	}
@@ -513,9 +507,7 @@ func TestStopDuringFetchKeepsArtifactReferences(t *testing.T) {
 	if got := h.node.artifacts.inUse(); got != 1 {
 		t.Fatalf("%d artifacts in use while the first workload runs, want 1", got)
 	}
-	h.node.mu.Lock()
-	w := h.node.workloads[first.ID]
-	h.node.mu.Unlock()
+	w := h.workload(first.ID)
 	h.node.undeploy(h.ctx(), w, "test")
 	eventually(t, 10*time.Second, "no artifact in use", func() bool { return h.node.artifacts.inUse() == 0 })
 }

@@ -192,6 +192,13 @@ func eventually(t testing.TB, d time.Duration, what string, cond func() bool) {
 }
 
 // sandboxDirs lists the sandbox directories under the state dir.
+// workload is the node's record of the workload id (nil when none).
+func (h *harness) workload(id string) *workload {
+	h.node.mu.Lock()
+	defer h.node.mu.Unlock()
+	return h.node.workloads[id]
+}
+
 func (h *harness) sandboxDirs() []string {
 	entries, _ := os.ReadDir(filepath.Join(h.cfg.StateDir, "sandboxes"))
 	var out []string

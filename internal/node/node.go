@@ -427,15 +427,8 @@ func (n *Node) Info(ns string) api.InfoResponse {
 	if d, ok := n.o.Driver.(sandbox.Describer); ok {
 		resp.Pool.Boot = d.Describe()
 	}
-	n.mu.Lock()
-	last := n.lastStaged
-	n.mu.Unlock()
-	if last != "" {
-		resp.Pool.StagedAhead = n.pool.Count(func(h *sandboxHandle) bool {
-			h.mu.Lock()
-			defer h.mu.Unlock()
-			return h.prestaged.hash == last
-		})
+	if last := n.lastArtifact(); last != "" {
+		resp.Pool.StagedAhead = n.pool.Count(func(h *sandboxHandle) bool { return h.ahead().hash == last })
 	}
 	return resp
 }

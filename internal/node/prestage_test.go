@@ -293,9 +293,7 @@ func TestRestagePooledSandboxes(t *testing.T) {
 		defer h.node.mu.Unlock()
 		m := map[string]string{}
 		for id, sh := range h.node.sandboxes {
-			sh.mu.Lock()
-			m[id] = sh.prestaged.hash
-			sh.mu.Unlock()
+			m[id] = sh.ahead().hash
 		}
 		return m
 	}

@@ -36,11 +36,29 @@ type sandboxHandle struct {
 	workload *workload // set when bound
 	gone     bool      // discarded: death is expected
 	missed   int       // consecutive failed pings
-	// prestaged is the artifact staged into the sandbox before it joined
-	// the pool (hash, and the path its agent sees); zero when none.
-	prestaged struct{ hash, path string }
+	// prestaged is the artifact staged into the sandbox while it waits for
+	// a deploy (prestage, restage); zero when none. Read and set it with
+	// ahead and setAhead.
+	prestaged staged
 
 	discardOnce sync.Once
+}
+
+// staged is a file staged into a sandbox: the artifact's hash, and the path
+// its agent sees.
+type staged struct{ hash, path string }
+
+// ahead is the file staged into h while it waits for a deploy.
+func (h *sandboxHandle) ahead() staged {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.prestaged
+}
+
+func (h *sandboxHandle) setAhead(s staged) {
+	h.mu.Lock()
+	h.prestaged = s
+	h.mu.Unlock()
 }
 
 // newSandbox is the pool's factory: start a sandbox, wait for its agent's
@@ -110,9 +128,7 @@ func (n *Node) prestage(ctx context.Context, h *sandboxHandle) {
 	if !ok || !n.cfg.Prestage() || !ps.Prestage() {
 		return
 	}
-	n.mu.Lock()
-	hash := n.lastStaged
-	n.mu.Unlock()
+	hash := n.lastArtifact()
 	// A deploy waiting for a sandbox takes this one the moment it joins the
 	// pool and stages its own artifact: a file staged ahead would only
 	// delay it, or be the same copy made earlier.
@@ -125,19 +141,37 @@ func (n *Node) prestage(ctx context.Context, h *sandboxHandle) {
 	}
 	defer n.artifacts.release(hash)
 	t0 := time.Now()
-	path, err := ps.Stage(ctx, src, hash)
-	if err != nil {
+	if err := stageAhead(ctx, h, ps, src, hash); err != nil {
 		n.log.Debug("Staging the last artifact ahead failed; a deploy will stage its own", keyVMID, h.id, "error", err)
 		return
 	}
-	h.mu.Lock()
-	h.prestaged.hash, h.prestaged.path = hash, path
-	h.mu.Unlock()
 	n.log.Debug("Artifact staged ahead", keyVMID, h.id, "hash", hash, "took", time.Since(t0))
 }
 
-// kickRestage asks restageLoop for a pass.
+// stageAhead stages src, the artifact hash, into h, which waits for a
+// deploy, and records it there.
+func stageAhead(ctx context.Context, h *sandboxHandle, ps sandbox.Prestager, src, hash string) error {
+	path, err := ps.Stage(ctx, src, hash)
+	if err != nil {
+		return err
+	}
+	h.setAhead(staged{hash, path})
+	return nil
+}
+
+// lastArtifact is the hash of the artifact last staged into a sandbox that
+// takes files ahead ("" when none).
+func (n *Node) lastArtifact() string {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return n.lastStaged
+}
+
+// kickRestage asks restageLoop for a pass, when vm_prestage is on.
 func (n *Node) kickRestage() {
+	if !n.cfg.Prestage() {
+		return
+	}
 	select {
 	case n.restageKick <- struct{}{}:
 	default:
@@ -180,20 +214,17 @@ func (n *Node) restageLoop() {
 // back to the pool holding no file (or, if even the delete failed, the one
 // it had, which a deploy then unstages as before).
 func (n *Node) restage(tried map[*sandboxHandle]bool) bool {
-	if !n.cfg.Prestage() || n.testNoRestage {
+	if n.testNoRestage {
 		return false
 	}
-	n.mu.Lock()
-	hash := n.lastStaged
-	n.mu.Unlock()
+	hash := n.lastArtifact()
 	if hash == "" {
 		return false
 	}
+	// h.sb is set before h joins the pool, and stays.
 	h, ok := n.pool.Lend(func(h *sandboxHandle) bool {
-		h.mu.Lock()
-		defer h.mu.Unlock()
 		ps, ok := h.sb.(sandbox.Prestager)
-		return ok && !tried[h] && h.prestaged.hash != hash && ps.Prestage()
+		return ok && !tried[h] && h.ahead().hash != hash && ps.Prestage()
 	})
 	if !ok {
 		return false
@@ -206,27 +237,19 @@ func (n *Node) restage(tried map[*sandboxHandle]bool) bool {
 	}
 	defer n.artifacts.release(hash)
 	ps := h.sb.(sandbox.Prestager)
-	h.mu.Lock()
-	old := h.prestaged.hash
-	h.mu.Unlock()
+	old := h.ahead().hash
 	t0 := time.Now()
 	if old != "" {
 		if err := ps.Unstage(n.ctx, old); err != nil {
 			n.log.Debug("Deleting the artifact staged ahead failed; leaving the sandbox as it was", keyVMID, h.id, "error", err)
 			return true
 		}
-		h.mu.Lock()
-		h.prestaged.hash, h.prestaged.path = "", ""
-		h.mu.Unlock()
+		h.setAhead(staged{})
 	}
-	path, err := ps.Stage(n.ctx, src, hash)
-	if err != nil {
+	if err := stageAhead(n.ctx, h, ps, src, hash); err != nil {
 		n.log.Debug("Restaging a pooled sandbox failed; a deploy will stage its own", keyVMID, h.id, "error", err)
 		return true
 	}
-	h.mu.Lock()
-	h.prestaged.hash, h.prestaged.path = hash, path
-	h.mu.Unlock()
 	n.log.Debug("Pooled sandbox restaged", keyVMID, h.id, "hash", hash, "replaced", old, "took", time.Since(t0))
 	return true
 }

@@ -58,9 +58,7 @@ func BenchmarkVMDeployToFirstReply(b *testing.B) {
 				}
 				dlat = append(dlat, time.Since(start))
 				lat = append(lat, firstEcho(b, h, subject, start))
-				h.node.mu.Lock()
-				w := h.node.workloads[run.ID]
-				h.node.mu.Unlock()
+				w := h.workload(run.ID)
 				h.node.undeploy(h.ctx(), w, "benchmark")
 			}
 			b.ReportMetric(float64(percentile(lat, 0.5).Microseconds())/1000, "p50-ms")
@@ -177,9 +175,7 @@ func BenchmarkVMScaleOut(b *testing.B) {
 					dlat[j], lat[j] = append(dlat[j], d), append(lat[j], l)
 				}
 				for _, id := range ids {
-					h.node.mu.Lock()
-					w := h.node.workloads[id]
-					h.node.mu.Unlock()
+					w := h.workload(id)
 					h.node.undeploy(h.ctx(), w, "benchmark")
 				}
 			}

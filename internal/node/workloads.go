@@ -111,11 +111,7 @@ func (n *Node) Deploy(ctx context.Context, ns string, req api.DeployRequest) (ap
 func (n *Node) start(ctx context.Context, w *workload) error {
 	// A sandbox that holds the artifact already (staged ahead) starts it
 	// sooner: take one if the pool has it.
-	h, err := n.pool.TakePreferring(ctx, func(h *sandboxHandle) bool {
-		h.mu.Lock()
-		defer h.mu.Unlock()
-		return h.prestaged.hash == w.hash
-	})
+	h, err := n.pool.TakePreferring(ctx, func(h *sandboxHandle) bool { return h.ahead().hash == w.hash })
 	if err != nil {
 		st := n.pool.Status()
 		if st.LastError != "" {
@@ -137,9 +133,7 @@ func (n *Node) start(ctx context.Context, w *workload) error {
 		Hash: w.hash, Size: w.size, NATSUser: user, NATSPassword: pass}
 
 	if st, ok := h.sb.(sandbox.Stager); ok && !n.testNoStaging {
-		h.mu.Lock()
-		pre := h.prestaged
-		h.mu.Unlock()
+		pre := h.ahead()
 		if pre.hash == w.hash {
 			d.StagedPath = pre.path // staged ahead (prestage)
 		} else {

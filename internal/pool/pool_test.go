@@ -18,6 +18,19 @@ func counter() (Factory[*member], *atomic.Int64) {
 	}, &n
 }
 
+// full starts a pool of target members made by f and waits until they are
+// all ready; it is closed when the test ends (closing it again is harmless).
+func full[M comparable](t *testing.T, f Factory[M], target int) *Pool[M] {
+	t.Helper()
+	p := New(f, Options{Target: target})
+	p.Start()
+	t.Cleanup(func() { p.Close() })
+	if err := p.Wait(ctxT(t), target); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
 func ctxT(t *testing.T) context.Context {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	t.Cleanup(cancel)
@@ -26,12 +39,7 @@ func ctxT(t *testing.T) context.Context {
 
 func TestFillsToTargetAndRefillsAfterTake(t *testing.T) {
 	f, made := counter()
-	p := New(f, Options{Target: 3})
-	p.Start()
-	defer p.Close()
-	if err := p.Wait(ctxT(t), 3); err != nil {
-		t.Fatal(err)
-	}
+	p := full(t, f, 3)
 	m, err := p.Take(ctxT(t))
 	if err != nil || m == nil {
 		t.Fatal(err)
@@ -99,11 +107,7 @@ func TestStatusReportsPersistentFailure(t *testing.T) {
 
 func TestRemoveAndClose(t *testing.T) {
 	f, _ := counter()
-	p := New(f, Options{Target: 2})
-	p.Start()
-	if err := p.Wait(ctxT(t), 2); err != nil {
-		t.Fatal(err)
-	}
+	p := full(t, f, 2)
 	m, _ := p.Take(ctxT(t))
 	if p.Remove(m) {
 		t.Fatal("removed a member that was taken")
@@ -184,12 +188,7 @@ func TestRefillDelayElapses(t *testing.T) {
 // the longest-ready one; the others stay in order.
 func TestTakePreferring(t *testing.T) {
 	f, _ := counter()
-	p := New(f, Options{Target: 3})
-	p.Start()
-	defer p.Close()
-	if err := p.Wait(ctxT(t), 3); err != nil {
-		t.Fatal(err)
-	}
+	p := full(t, f, 3)
 	p.mu.Lock()
 	p.o.Target = 0    // no refills: the three members are all there is
 	var order []int64 // longest-ready first (factories run side by side)
@@ -227,12 +226,7 @@ func (d *discarded) Discard() { d.gone.Store(true) }
 // back as the newest, and a Take that found the pool empty gets it.
 func TestLendAndReturn(t *testing.T) {
 	f, made := counter()
-	p := New(f, Options{Target: 2})
-	p.Start()
-	defer p.Close()
-	if err := p.Wait(ctxT(t), 2); err != nil {
-		t.Fatal(err)
-	}
+	p := full(t, f, 2)
 	p.mu.Lock()
 	first, second := p.ready[0], p.ready[1]
 	p.mu.Unlock()
@@ -308,11 +302,7 @@ func eventuallyWaiting(t *testing.T, p *Pool[*member]) {
 // discarded.
 func TestLentMemberRemovedOrReturnedAfterClose(t *testing.T) {
 	var n atomic.Int64
-	p := New(func(ctx context.Context) (*discarded, error) { return &discarded{n: int(n.Add(1))}, nil }, Options{Target: 2})
-	p.Start()
-	if err := p.Wait(ctxT(t), 2); err != nil {
-		t.Fatal(err)
-	}
+	p := full(t, func(ctx context.Context) (*discarded, error) { return &discarded{n: int(n.Add(1))}, nil }, 2)
 	a, _ := p.Lend(func(*discarded) bool { return true })
 	if !p.Remove(a) {
 		t.Fatal("a lent member was not the pool's to remove")

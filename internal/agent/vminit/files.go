@@ -88,14 +88,15 @@ func (s *FileServer) Serve(ctx context.Context, port io.ReadWriter) error {
 		wait = pollEvery
 		t0 := time.Now()
 		var reply agentapi.FileReply
+		if !h.Delete { // a frame that copies runs what Rehearse would
+			s.framed.Store(true)
+		}
 		switch {
 		case h.Delete:
 			err = s.remove(h.Name)
 		case h.DiskSize > 0:
-			s.framed.Store(true)
 			reply, err = s.fromDisk(h)
 		default:
-			s.framed.Store(true)
 			reply.Path, err = s.receive(r, h, buf)
 		}
 		if errors.Is(err, errHostGone) {
