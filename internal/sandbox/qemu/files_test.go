@@ -183,13 +183,7 @@ func TestFilePortDiskFallback(t *testing.T) {
 	})
 	t.Run("guest from before the disk", func(t *testing.T) {
 		ft := newFileTestDisk(t, plentyOfRoom, true, false)
-		conn, err := net.Dial("unix", ft.port.ln.Addr().String())
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer conn.Close()
-		got := make(chan []agentapi.FileHeader, 1)
-		go func() { got <- oldGuest(conn, 2) }()
+		got := ft.oldGuest(t, 2)
 		src, _ := artifact(t, 5000)
 		if _, _, err := ft.port.push(context.Background(), src, "f"); err != nil {
 			t.Fatal(err)
@@ -198,6 +192,20 @@ func TestFilePortDiskFallback(t *testing.T) {
 			t.Fatalf("frames %+v: want one naming the disk, then one with the bytes", h)
 		}
 	})
+}
+
+// oldGuest plays QEMU and, in the guest, an old /init (oldGuest below) for
+// n frames; the headers it read come on the channel once it is done.
+func (ft *fileTest) oldGuest(t *testing.T, n int) <-chan []agentapi.FileHeader {
+	t.Helper()
+	conn, err := net.Dial("unix", ft.port.ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	got := make(chan []agentapi.FileHeader, 1)
+	go func() { got <- oldGuest(conn, n) }()
+	return got
 }
 
 // oldGuest answers n frames as an /init from before the stage disk did: it
@@ -281,13 +289,7 @@ func TestFilePortRemove(t *testing.T) {
 	}
 
 	old := newFileTest(t, plentyOfRoom)
-	conn, err := net.Dial("unix", old.port.ln.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	got := make(chan []agentapi.FileHeader, 1)
-	go func() { got <- oldGuest(conn, 1) }()
+	got := old.oldGuest(t, 1)
 	if err := old.port.remove(ctx, "a"); err != nil {
 		t.Fatalf("remove on a guest from before it: %v", err)
 	}
