@@ -141,9 +141,10 @@ type Deploy struct {
 	// over NATS.
 	StagedPath string `json:"staged_path,omitempty"`
 	// Unstage lists files the node staged ahead of this deploy
-	// (sandbox.Prestager) that it does not use: the agent deletes them,
-	// when they are in its staged directory, so they do not take guest RAM
-	// for as long as the workload runs.
+	// (sandbox.Prestager) that it does not use and could not delete
+	// itself (sandbox.Prestager.Unstage): the agent deletes them, when they
+	// are in its staged directory, so they do not take guest RAM for as
+	// long as the workload runs.
 	Unstage []string `json:"unstage,omitempty"`
 	// Workload NATS credentials (a user of the node's workload account). The
 	// agent sets NATS_URL from them when Env has none, pointing at the address

@@ -29,7 +29,10 @@ type prestageDriver struct {
 	mu       sync.Mutex
 	stages   []stageCall
 	unstages []stageCall
-	gate     chan struct{} // when set, Start waits for it to close
+	ops      map[string][]string // sandbox → "+name" per stage, "-name" per unstage, in order
+	gate     chan struct{}       // when set, Start waits for it to close
+	// unstageErr, when set, is what every Unstage fails with.
+	unstageErr error
 }
 
 type stageCall struct{ sandbox, name string }
@@ -58,6 +61,24 @@ func (d *prestageDriver) calls() []stageCall {
 	return slices.Clone(d.stages)
 }
 
+// opsOn is what was staged into sandbox id (+name) and deleted (-name),
+// in order.
+func (d *prestageDriver) opsOn(id string) []string {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return slices.Clone(d.ops[id])
+}
+
+func (d *prestageDriver) record(list *[]stageCall, op string, c stageCall) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	*list = append(*list, c)
+	if d.ops == nil {
+		d.ops = map[string][]string{}
+	}
+	d.ops[c.sandbox] = append(d.ops[c.sandbox], op+c.name)
+}
+
 func (d *prestageDriver) unstageCalls() []stageCall {
 	d.mu.Lock()
 	defer d.mu.Unlock()
@@ -72,16 +93,18 @@ type prestageSandbox struct {
 func (s *prestageSandbox) Prestage() bool { return true }
 
 func (s *prestageSandbox) Stage(ctx context.Context, src, name string) (string, error) {
-	s.d.mu.Lock()
-	s.d.stages = append(s.d.stages, stageCall{s.ID(), name})
-	s.d.mu.Unlock()
+	s.d.record(&s.d.stages, "+", stageCall{s.ID(), name})
 	return s.Sandbox.Stage(ctx, src, name)
 }
 
 func (s *prestageSandbox) Unstage(ctx context.Context, name string) error {
 	s.d.mu.Lock()
-	s.d.unstages = append(s.d.unstages, stageCall{s.ID(), name})
+	err := s.d.unstageErr
 	s.d.mu.Unlock()
+	if err != nil {
+		return err
+	}
+	s.d.record(&s.d.unstages, "-", stageCall{s.ID(), name})
 	return s.Sandbox.Unstage(ctx, name)
 }
 
@@ -178,15 +201,16 @@ func TestPrestageLastArtifact(t *testing.T) {
 		t.Fatalf("redeploy asked the agent for %+v; want the file staged ahead, nothing to unstage", d)
 	}
 
-	// Another artifact is staged at its deploy, into the sandbox holding a.
+	// Another artifact is staged at its deploy, into the sandbox holding
+	// a, once a is deleted there: the sandbox never holds both.
 	runJob(t, h, evs, "b", hashB)
 	into := c[2].sandbox
-	if c = d.calls(); !slices.Contains(c, stageCall{into, hashB}) {
-		t.Fatalf("stages %v; want b staged into %s at its deploy", c, into)
+	if ops := d.opsOn(into); !slices.Equal(ops, []string{"+" + hashA, "-" + hashA, "+" + hashB}) {
+		t.Fatalf("into %s: %v; want a ahead, then at b's deploy a deleted before b went in", into, ops)
 	}
-	// The agent is told to delete a, staged ahead and not used.
-	if d := deploy(2); d.Hash != hashB || len(d.Unstage) != 1 || !strings.HasSuffix(d.Unstage[0], hashA) {
-		t.Fatalf("deploy of b asked the agent for %+v; want a unstaged", d)
+	// So the agent has nothing left to delete.
+	if d := deploy(2); d.Hash != hashB || len(d.Unstage) != 0 || d.StagedPath == "" {
+		t.Fatalf("deploy of b asked the agent for %+v; want b staged, nothing to unstage", d)
 	}
 	// And now b is what new sandboxes get. (The refill may join the pool
 	// before b's deploy staged b, when a was still the last artifact, and
@@ -194,6 +218,31 @@ func TestPrestageLastArtifact(t *testing.T) {
 	eventually(t, 20*time.Second, "b staged ahead", func() bool {
 		return slices.ContainsFunc(d.calls(), func(c stageCall) bool { return c.name == hashB && c.sandbox != into })
 	})
+	h.assertClean(t)
+}
+
+// When the file staged ahead cannot be deleted before another artifact's
+// deploy stages its own (a guest's file port refusing it), the deploy goes
+// on and has the agent delete it.
+func TestDeployUnstageFallsBackToTheAgent(t *testing.T) {
+	e := newPrestageEnv(t, true, 1)
+	h, d, evs, hashA, hashB := e.h, e.d, e.evs, e.hashA, e.hashB
+	var got atomic.Value // the last deploy the agent was asked
+	h.node.testHookBeforeAgentDeploy = func(_ sandbox.Sandbox, dep *agentapi.Deploy) {
+		got.Store(*dep)
+		dep.Unstage = nil // a process agent refuses it (TestPrestageLastArtifact)
+	}
+	runJob(t, h, evs, "a", hashA)
+	eventually(t, 20*time.Second, "the refill to get a staged ahead", func() bool { return len(d.calls()) == 2 })
+	d.mu.Lock()
+	d.unstageErr = errors.New("refused")
+	d.mu.Unlock()
+	runJob(t, h, evs, "b", hashB)
+	dep := got.Load().(agentapi.Deploy)
+	ahead := d.calls()[1]
+	if dep.Hash != hashB || dep.StagedPath == "" || len(dep.Unstage) != 1 || !strings.HasSuffix(dep.Unstage[0], hashA) {
+		t.Fatalf("deploy of b asked the agent for %+v; want b staged and a, staged ahead into %s, unstaged", dep, ahead.sandbox)
+	}
 	h.assertClean(t)
 }
 

@@ -237,20 +237,35 @@ func (n *Node) restage(tried map[*sandboxHandle]bool) bool {
 	}
 	defer n.artifacts.release(hash)
 	ps := h.sb.(sandbox.Prestager)
-	old := h.ahead().hash
+	old := h.ahead()
 	t0 := time.Now()
-	if old != "" {
-		if err := ps.Unstage(n.ctx, old); err != nil {
-			n.log.Debug("Deleting the artifact staged ahead failed; leaving the sandbox as it was", keyVMID, h.id, "error", err)
-			return true
-		}
-		h.setAhead(staged{})
+	if old.hash != "" && !n.unstage(n.ctx, h, old) {
+		return true // left as it was
 	}
 	if err := stageAhead(n.ctx, h, ps, src, hash); err != nil {
 		n.log.Debug("Restaging a pooled sandbox failed; a deploy will stage its own", keyVMID, h.id, "error", err)
 		return true
 	}
-	n.log.Debug("Pooled sandbox restaged", keyVMID, h.id, "hash", hash, "replaced", old, "took", time.Since(t0))
+	n.log.Debug("Pooled sandbox restaged", keyVMID, h.id, "hash", hash, "replaced", old.hash, "took", time.Since(t0))
+	return true
+}
+
+// unstage deletes old, the file staged ahead into h, before another one
+// goes in (a restage, or a deploy of another artifact), so the guest never
+// holds both: two artifacts' worth of guest RAM, which a small VM may not
+// have. It reports whether the file is gone. If not, the sandbox still
+// holds it: a restage leaves the sandbox as it was, and a deploy has its
+// agent delete it (agentapi.Deploy.Unstage).
+func (n *Node) unstage(ctx context.Context, h *sandboxHandle, old staged) bool {
+	ps, ok := h.sb.(sandbox.Prestager)
+	if !ok {
+		return false
+	}
+	if err := ps.Unstage(ctx, old.hash); err != nil {
+		n.log.Debug("Deleting the artifact staged ahead failed", keyVMID, h.id, "hash", old.hash, "error", err)
+		return false
+	}
+	h.setAhead(staged{})
 	return true
 }
 

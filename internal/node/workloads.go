@@ -137,8 +137,8 @@ func (n *Node) start(ctx context.Context, w *workload) error {
 		if pre.hash == w.hash {
 			d.StagedPath = pre.path // staged ahead (prestage)
 		} else {
-			if pre.hash != "" {
-				d.Unstage = []string{pre.path}
+			if pre.hash != "" && !n.unstage(ctx, h, pre) {
+				d.Unstage = []string{pre.path} // the agent deletes it
 			}
 			if d.StagedPath, err = st.Stage(ctx, w.artifactPath, w.hash); err != nil {
 				n.log.Warn("staging the artifact failed; the agent will fetch it over NATS", keyVMID, h.id, "error", err)

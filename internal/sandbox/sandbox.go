@@ -83,13 +83,14 @@ type Stager interface {
 // artifact it deployed last into each such sandbox before it joins the warm
 // pool (config vm_prestage), so a redeploy of that artifact, the common case
 // when a service scales out, skips the copy. Prestage says whether this
-// sandbox can take a file ahead (a VM without a file port cannot). A deploy
-// of another artifact tells the agent to delete the file staged ahead
-// (agentapi.Deploy.Unstage), so it costs guest memory only while the
-// sandbox waits in the pool. When the node deploys another artifact, it
-// also restages the sandboxes waiting in the pool: Unstage deletes the file
-// staged ahead under name (as given to Stage; deleting one that is not
-// there is no error), and Stage puts the new one in its place.
+// sandbox can take a file ahead (a VM without a file port cannot). Unstage
+// deletes the file staged ahead under name (as given to Stage; deleting one
+// that is not there is no error). A deploy of another artifact calls it
+// before it stages its own, so the guest never holds both, and the file
+// costs guest memory only while the sandbox waits in the pool (if Unstage
+// fails, the agent deletes the file: agentapi.Deploy.Unstage). When the
+// node deploys another artifact, it also restages the sandboxes waiting in
+// the pool the same way: Unstage, then Stage.
 type Prestager interface {
 	Stager
 	Prestage() bool
