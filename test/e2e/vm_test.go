@@ -195,6 +195,22 @@ func TestQEMUNodeEchoFromVM(t *testing.T) {
 		t.Fatalf("sandbox dir of the stopped VM remains: %v", err)
 	}
 
+	// A new version (the same binary with bytes appended, so another
+	// artifact) goes into a pooled VM that holds the old one ahead: the
+	// node has the guest delete the old file, stages the new one, and the
+	// new version answers.
+	echo2 := filepath.Join(e.dir, "echoservice-v2")
+	if b, err := os.ReadFile(echoBin); err != nil {
+		t.Fatal(err)
+	} else if err := os.WriteFile(echo2, append(b, "v2"...), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := json.Unmarshal([]byte(e.run("devrun", "--json", echo2)), &run); err != nil {
+		t.Fatal(err)
+	}
+	echo(60*time.Second, "from the new version")
+	e.run("stop", nodeID, run.ID)
+
 	// kill -9 of the node, then a restart: nothing of the old one survives.
 	_ = n.cmd.Process.Kill()
 	<-n.done
