@@ -26,16 +26,21 @@ import (
 // when they come.
 type prestageDriver struct {
 	*process.Driver
-	mu       sync.Mutex
-	stages   []stageCall
-	unstages []stageCall
-	ops      map[string][]string // sandbox → "+name" per stage, "-name" per unstage, in order
-	gate     chan struct{}       // when set, Start waits for it to close
+	mu sync.Mutex
+	// log is every Stage and Unstage, in order.
+	log  []stageOp
+	gate chan struct{} // when set, Start waits for it to close
 	// unstageErr, when set, is what every Unstage fails with.
 	unstageErr error
 }
 
 type stageCall struct{ sandbox, name string }
+
+// stageOp is one call: a Stage, or an Unstage when del is set.
+type stageOp struct {
+	stageCall
+	del bool
+}
 
 func (d *prestageDriver) Start(ctx context.Context, spec sandbox.Spec) (sandbox.Sandbox, error) {
 	d.mu.Lock()
@@ -55,34 +60,44 @@ func (d *prestageDriver) Start(ctx context.Context, spec sandbox.Spec) (sandbox.
 	return &prestageSandbox{Sandbox: sb.(*process.Sandbox), d: d}, nil
 }
 
-func (d *prestageDriver) calls() []stageCall {
+func (d *prestageDriver) record(op stageOp) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	return slices.Clone(d.stages)
+	d.log = append(d.log, op)
 }
+
+// logged is the calls with del set as given, in order.
+func (d *prestageDriver) logged(del bool) []stageCall {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	var c []stageCall
+	for _, op := range d.log {
+		if op.del == del {
+			c = append(c, op.stageCall)
+		}
+	}
+	return c
+}
+
+func (d *prestageDriver) calls() []stageCall        { return d.logged(false) }
+func (d *prestageDriver) unstageCalls() []stageCall { return d.logged(true) }
 
 // opsOn is what was staged into sandbox id (+name) and deleted (-name),
 // in order.
 func (d *prestageDriver) opsOn(id string) []string {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	return slices.Clone(d.ops[id])
-}
-
-func (d *prestageDriver) record(list *[]stageCall, op string, c stageCall) {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	*list = append(*list, c)
-	if d.ops == nil {
-		d.ops = map[string][]string{}
+	var ops []string
+	for _, op := range d.log {
+		switch {
+		case op.sandbox != id:
+		case op.del:
+			ops = append(ops, "-"+op.name)
+		default:
+			ops = append(ops, "+"+op.name)
+		}
 	}
-	d.ops[c.sandbox] = append(d.ops[c.sandbox], op+c.name)
-}
-
-func (d *prestageDriver) unstageCalls() []stageCall {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	return slices.Clone(d.unstages)
+	return ops
 }
 
 type prestageSandbox struct {
@@ -93,7 +108,7 @@ type prestageSandbox struct {
 func (s *prestageSandbox) Prestage() bool { return true }
 
 func (s *prestageSandbox) Stage(ctx context.Context, src, name string) (string, error) {
-	s.d.record(&s.d.stages, "+", stageCall{s.ID(), name})
+	s.d.record(stageOp{stageCall{s.ID(), name}, false})
 	return s.Sandbox.Stage(ctx, src, name)
 }
 
@@ -104,7 +119,7 @@ func (s *prestageSandbox) Unstage(ctx context.Context, name string) error {
 	if err != nil {
 		return err
 	}
-	s.d.record(&s.d.unstages, "-", stageCall{s.ID(), name})
+	s.d.record(stageOp{stageCall{s.ID(), name}, true})
 	return s.Sandbox.Unstage(ctx, name)
 }
 
