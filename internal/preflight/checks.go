@@ -45,6 +45,7 @@ func Checks(o Options) []Check {
 	default: // qemu, auto
 		checks = append(checks,
 			Check{Name: qemu.CheckBinary, Run: o.checkQEMU, Fix: installQEMU},
+			Check{Name: qemu.CheckBuild, Run: o.checkQEMUBuild},
 			Check{Name: qemu.CheckAccel, Run: checkAccel})
 		checks = append(checks, o.imageChecks()...)
 		checks = append(checks, Check{Name: qemu.CheckSnapshotDir, Run: o.checkSnapshots})
@@ -188,6 +189,11 @@ func (o Options) buildImage(ctx context.Context, w io.Writer) error {
 
 func (o Options) checkQEMU(ctx context.Context) sandbox.Check {
 	return qemu.CheckQEMUBinary(ctx, o.QEMUBinary)
+}
+
+// checkQEMUBuild has no fix to run: the config names another QEMU build.
+func (o Options) checkQEMUBuild(ctx context.Context) sandbox.Check {
+	return qemu.CheckQEMUBuild(ctx, o.QEMUBinary, accel.Detect().Accel)
 }
 
 // installQEMU is the QEMU check's fix on Debian-like hosts.

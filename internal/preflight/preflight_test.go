@@ -30,8 +30,8 @@ func TestChecksPerSandbox(t *testing.T) {
 		want    string
 	}{
 		{"process", "free disk, state dir"},
-		{"qemu", "qemu binary, accelerator, guest kernel, guest initramfs, guest agent, snapshot dir, free disk, state dir"},
-		{"auto", "qemu binary, accelerator, guest kernel, guest initramfs, guest agent, snapshot dir, free disk, state dir"},
+		{"qemu", "qemu binary, qemu build, accelerator, guest kernel, guest initramfs, guest agent, snapshot dir, free disk, state dir"},
+		{"auto", "qemu binary, qemu build, accelerator, guest kernel, guest initramfs, guest agent, snapshot dir, free disk, state dir"},
 		{"firecracker", "firecracker, kvm, guest kernel, guest initramfs, guest agent, free disk, state dir"},
 	}
 	for _, tt := range tests {

@@ -172,6 +172,11 @@ func boot(tb testing.TB, qemuBin string, img guestimage.Image, n node, id string
 			agentapi.GuestNATSAddr, self(tb), vminit.ForwardArg, natsPort),
 		"-device", "virtio-net-device,netdev=n0",
 	}
+	// The driver's firmware too (qemu.Firmware): QEMU 10's default, SeaBIOS,
+	// resets most guests at boot.
+	if fw := qemu.FindFirmware(context.Background(), qemuBin, qemu.Firmware); fw != "" {
+		args = append(args, "-bios", fw)
+	}
 	cfgErr := make(chan error, 1)
 	if viaCmdline {
 		// Firecracker's way: no virtio-serial, metadata on the command line.

@@ -109,6 +109,8 @@ type machine struct {
 	// (guestimage.CmdlineDevices). The guest then skips ACPI's interpreter
 	// and powers off through reboot=t and -no-reboot.
 	NoACPI bool
+	// BIOS is the firmware's path (Firmware); "": QEMU's default.
+	BIOS string
 }
 
 // MicrovmMachine is -M's value for a guest booting kernel: QEMU's microvm,
@@ -137,6 +139,9 @@ func (m machine) args() []string {
 		"-m", strconv.Itoa(m.MemoryMiB),
 		"-smp", strconv.Itoa(m.VCPU),
 		"-nodefaults", "-no-user-config", "-nographic", "-no-reboot",
+	}
+	if m.BIOS != "" {
+		a = append(a, "-bios", m.BIOS)
 	}
 	if m.Accel == accel.TCG && m.TBSizeMiB > 0 {
 		a = append(a, "-accel", fmt.Sprintf("tcg,tb-size=%d", m.TBSizeMiB))

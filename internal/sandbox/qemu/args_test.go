@@ -27,7 +27,10 @@ func TestArgsGolden(t *testing.T) {
 		Accel:     accel.TCG,
 		TBSizeMiB: 64,
 		TSCkHz:    2445404,
+		BIOS:      "/usr/share/qemu/qboot.rom",
 	}
+	noBIOS := base
+	noBIOS.BIOS = ""
 	kvm := base
 	kvm.Accel, kvm.VCPU, kvm.MemoryMiB = accel.KVM, 2, 256
 	tcgSMP := base
@@ -50,6 +53,7 @@ func TestArgsGolden(t *testing.T) {
 	for name, m := range map[string]machine{
 		"cold_tcg": base, "cold_kvm": kvm, "cold_tcg_2vcpu": tcgSMP, "template": template, "clone": clone,
 		"no_tsc": noTSC, "comma_in_path": comma, "no_acpi_clone": noACPI, "no_acpi_cold": noACPICold,
+		"no_bios": noBIOS,
 	} {
 		t.Run(name, func(t *testing.T) {
 			got := strings.Join(m.args(), "\n") + "\n"

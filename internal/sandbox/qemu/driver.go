@@ -104,6 +104,7 @@ type Driver struct {
 	tmu       sync.Mutex
 	templates map[Shape]*templateEntry
 	inputs    func() (string, error) // content hash of kernel+initrd, computed once
+	firmware  func() string          // Firmware's path, "" when QEMU has none; found once
 }
 
 var (
@@ -140,6 +141,7 @@ func New(c Config) (*Driver, error) {
 		d.accel = accel.Choice{Accel: c.Accel, Reason: fmt.Sprintf("forced by config (detection said: %s)", d.accel.Reason)}
 	}
 	d.inputs = sync.OnceValues(d.hashInputs)
+	d.firmware = sync.OnceValue(d.findFirmware)
 	d.log.Info("QEMU accelerator chosen", logAccel, d.accel.Accel, "reason", d.accel.Reason, "acpi", !d.noACPI)
 	if d.tsc == 0 {
 		d.log.Warn("host TSC frequency unknown (no 'cpu MHz' in /proc/cpuinfo); guests may hang calibrating their TSC")
@@ -246,6 +248,25 @@ func natsUpstream(raw string) (string, error) {
 	}
 	return net.JoinHostPort(host, p), nil
 }
+
+// findFirmware looks for Firmware where QEMU looks for firmware. Without
+// it, VMs boot on QEMU's default microvm firmware, which the warning names.
+func (d *Driver) findFirmware() string {
+	bin, err := d.binary()
+	if err != nil {
+		return "" // the launch reports it
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	p := FindFirmware(ctx, bin, Firmware)
+	if p == "" {
+		d.log.Warn(noFirmware, "qemu", bin)
+	}
+	return p
+}
+
+// noFirmware says what booting without Firmware means.
+const noFirmware = Firmware + " is in none of QEMU's firmware dirs (qemu-system-x86_64 -L help): VMs boot on QEMU's default microvm firmware, and SeaBIOS's resets most guests at boot"
 
 // binary resolves the QEMU executable.
 func (d *Driver) binary() (string, error) {

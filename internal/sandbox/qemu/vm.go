@@ -85,6 +85,7 @@ func (d *Driver) machine(id string, s Shape) machine {
 		TBSizeMiB: tbSizeMiB,
 		TSCkHz:    d.tsc,
 		NoACPI:    d.noACPI,
+		BIOS:      d.firmware(),
 	}
 }
 
@@ -94,6 +95,9 @@ func (v *vm) PID() int { return v.proc.PID() }
 
 // Done is closed once QEMU has exited (at once for a VM never launched).
 func (v *vm) Done() <-chan struct{} { return v.proc.Done() }
+
+// ConsoleTail is the end of the guest's console log (sandbox.ConsoleTailer).
+func (v *vm) ConsoleTail(n int) string { return v.proc.ConsoleTail(n) }
 
 // Err is sandbox.ErrStopped after a requested stop, the failure that made
 // the driver kill the VM, nil when the guest powered off by itself, else

@@ -1,6 +1,7 @@
 package fctest
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -11,6 +12,7 @@ import (
 	"strings"
 	"sync"
 	"syscall"
+	"time"
 
 	"github.com/nex-engine/nex/internal/accel"
 	"github.com/nex-engine/nex/internal/agentapi"
@@ -157,6 +159,14 @@ func (q QEMU) Boot(m Machine) (VM, error) {
 	}
 	if bin, err = exec.LookPath(bin); err != nil {
 		return nil, err
+	}
+	// Firecracker has no firmware: it jumps to the kernel. qboot, the
+	// qemu driver's firmware too, does little more.
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	fw := qemu.FindFirmware(ctx, bin, qemu.Firmware)
+	cancel()
+	if fw != "" {
+		args = append([]string{"-bios", fw}, args...)
 	}
 	cmd := exec.Command(bin, args...)
 	cmd.Stdout, cmd.Stderr = q.Console, q.Stderr

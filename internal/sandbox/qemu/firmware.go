@@ -1,0 +1,37 @@
+package qemu
+
+import (
+	"context"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+)
+
+// Firmware is the boot firmware of nex's VMs: qboot, the minimal firmware
+// made for microvm, which jumps straight to the kernel's PVH entry point.
+// Debian's QEMU 7.2 makes it microvm's default (its bios-microvm.bin is a
+// link to qboot.rom). Debian's QEMU 10.0 (Debian 13, bookworm-backports)
+// makes SeaBIOS's microvm build the default instead, under which 8 of 12
+// guests here reset at once, before the kernel printed a line
+// (docs/BENCHMARKS.md). So the driver names qboot itself; both ship it.
+const Firmware = "qboot.rom"
+
+// FindFirmware returns the path of the file name in the first of bin's
+// firmware directories (`-L help`) that has it, or "" when none does.
+func FindFirmware(ctx context.Context, bin, name string) string {
+	out, err := exec.CommandContext(ctx, bin, "-L", "help").Output()
+	if err != nil {
+		return ""
+	}
+	for _, dir := range strings.Split(string(out), "\n") {
+		if dir = strings.TrimSpace(dir); dir == "" {
+			continue
+		}
+		p := filepath.Join(dir, name)
+		if st, err := os.Stat(p); err == nil && st.Mode().IsRegular() {
+			return p
+		}
+	}
+	return ""
+}
