@@ -104,7 +104,7 @@ func (n *Node) newSandbox(ctx context.Context) (*sandboxHandle, error) {
 	select {
 	case <-h.handshake:
 	case <-sb.Done():
-		return fail(fmt.Errorf("sandbox %s exited before its agent handshook: %v (see %s)", id, sb.Err(), dir))
+		return fail(exitedBeforeHandshake(id, sb))
 	case <-timeout.C:
 		return fail(fmt.Errorf("sandbox %s: no agent handshake within %s", id, n.cfg.HandshakeTimeout.D()))
 	case <-ctx.Done():
@@ -116,6 +116,24 @@ func (n *Node) newSandbox(ctx context.Context) (*sandboxHandle, error) {
 	go h.watch()
 	return h, nil
 }
+
+// exitedBeforeHandshake says why sb ended before its agent handshook: how
+// it ended and the last lines of its console, since its dir (and the log
+// there) goes with it.
+func exitedBeforeHandshake(id string, sb sandbox.Sandbox) error {
+	how := "it ended by itself (a guest that reset or powered off)"
+	if err := sb.Err(); err != nil {
+		how = err.Error()
+	}
+	msg := fmt.Sprintf("sandbox %s exited before its agent handshook: %s", id, how)
+	if tail := sandbox.ConsoleTail(sb, consoleTailLines); tail != "" {
+		msg += "; its console ended with: " + tail
+	}
+	return errors.New(msg)
+}
+
+// consoleTailLines is how much of a dead guest's console an error quotes.
+const consoleTailLines = 5
 
 // prestage stages the artifact last deployed into a sandbox of this kind
 // into h, before it joins the pool, when its driver says that is worth it

@@ -64,6 +64,23 @@ func LogAttrs(sb Sandbox) []any {
 	return nil
 }
 
+// ConsoleTailer is implemented by sandboxes whose guest writes a console
+// log (the VM drivers): its last lines are often all there is to say why a
+// guest died before its agent handshook.
+type ConsoleTailer interface {
+	// ConsoleTail returns at most n of the console's last non-blank lines,
+	// terminal control sequences removed; "" when there are none.
+	ConsoleTail(n int) string
+}
+
+// ConsoleTail is sb's ConsoleTail(n), or "".
+func ConsoleTail(sb Sandbox, n int) string {
+	if c, ok := sb.(ConsoleTailer); ok {
+		return c.ConsoleTail(n)
+	}
+	return ""
+}
+
 // Unsafe is implemented by drivers that give no isolation; nodes using them
 // tag themselves nex.unsafe=true.
 type Unsafe interface{ Unsafe() bool }

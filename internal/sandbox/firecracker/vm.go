@@ -70,6 +70,9 @@ func (v *vm) PID() int { return v.proc.PID() }
 
 func (v *vm) Done() <-chan struct{} { return v.proc.Done() }
 
+// ConsoleTail is the end of the guest's console log (sandbox.ConsoleTailer).
+func (v *vm) ConsoleTail(n int) string { return v.proc.ConsoleTail(n) }
+
 // Err is sandbox.ErrStopped after a requested stop, nil when the guest ended
 // by itself and Firecracker exited cleanly, otherwise why it died.
 func (v *vm) Err() error { return v.proc.Err() }

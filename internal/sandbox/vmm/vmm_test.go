@@ -4,7 +4,9 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"os"
 	"os/exec"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -176,5 +178,36 @@ func isClosed(ch <-chan struct{}) bool {
 		return true
 	default:
 		return false
+	}
+}
+
+// ConsoleTail quotes the console's last lines without the terminal control
+// sequences a firmware writes, and reads only the end of a long log.
+func TestConsoleTail(t *testing.T) {
+	dir := t.TempDir()
+	console := filepath.Join(dir, "console.log")
+	seabios := "\x1bc\x1b[?7l\x1b[2J\x1b[0mSeaBIOS (version 1.16.3)\r\nBooting from ROM..\n\n"
+	if err := os.WriteFile(console, []byte(seabios), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	p := start(t, `exit 0`, Options{Console: console})
+	waitDone(t, p)
+	if got := p.ConsoleTail(5); got != "SeaBIOS (version 1.16.3) | Booting from ROM.." {
+		t.Errorf("tail of a firmware's lines = %q", got)
+	}
+	if got := p.ConsoleTail(1); got != "Booting from ROM.." {
+		t.Errorf("last line = %q", got)
+	}
+
+	long := strings.Repeat("[    0.100000] a kernel line\n", 2000) + "[    1.000000] Kernel panic - not syncing: VFS\n"
+	if err := os.WriteFile(console, []byte(long), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if got := p.ConsoleTail(2); got != "[    0.100000] a kernel line | [    1.000000] Kernel panic - not syncing: VFS" {
+		t.Errorf("tail of a long log = %q", got)
+	}
+
+	if got := start(t, `exit 0`, Options{Console: filepath.Join(dir, "none")}).ConsoleTail(3); got != "" {
+		t.Errorf("no console file: %q", got)
 	}
 }
