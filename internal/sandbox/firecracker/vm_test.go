@@ -89,6 +89,7 @@ func TestVMBoot(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer sb.Stop(context.Background())
+	agent.Watch(sb)
 	hs, err := agent.WaitHandshake(ctx)
 	if err != nil {
 		t.Fatal(err)

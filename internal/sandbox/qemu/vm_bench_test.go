@@ -60,11 +60,13 @@ func bootToHandshake(b *testing.B, d *Driver, h *sandboxtest.Harness, n int) ([]
 			if vms[i].sb, errs[i] = d.Start(ctx, vms[i].a.Spec(b.TempDir())); errs[i] != nil {
 				return
 			}
+			vms[i].a.Watch(vms[i].sb)
 			select {
 			case <-vms[i].sb.(*vm).configured:
 				mu.Lock()
 				configured = max(configured, time.Since(t0))
 				mu.Unlock()
+			case <-vms[i].sb.Done(): // WaitHandshake says how it ended
 			case <-ctx.Done():
 			}
 			_, errs[i] = vms[i].a.WaitHandshake(ctx)

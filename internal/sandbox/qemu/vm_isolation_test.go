@@ -37,6 +37,7 @@ func startReady(t *testing.T, ctx context.Context, d *Driver, a *sandboxtest.Age
 			}
 		}
 	})
+	a.Watch(sb)
 	if _, err := a.WaitHandshake(ctx); err != nil {
 		t.Fatal(err)
 	}

@@ -60,7 +60,21 @@ type Agent struct {
 	artifact    []byte
 	logs        []agentapi.LogLine
 	events      []agentapi.Event
+	watched     sandbox.Sandbox // see Watch
 }
+
+// Watch ties a's WaitHandshake to sb: once sb has ended without a
+// handshake, the wait fails with how it ended and the end of its console
+// instead of running to its deadline (two minutes for a VM).
+func (a *Agent) Watch(sb sandbox.Sandbox) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.watched = sb
+}
+
+// lateHandshake is how long a wait allows, after the watched sandbox ended,
+// for a handshake it sent before it did.
+const lateHandshake = time.Second
 
 // AddAgent creates a sandbox's agent user and answers its handshakes.
 func (h *Harness) AddAgent(id string) *Agent { return h.addAgent(id, true) }
@@ -201,10 +215,45 @@ func (a *Agent) Events() []agentapi.Event {
 
 // WaitHandshake waits for the first handshake.
 func (a *Agent) WaitHandshake(ctx context.Context) (agentapi.Handshake, error) {
+	a.mu.Lock()
+	sb := a.watched
+	a.mu.Unlock()
+	if sb != nil {
+		var cancel context.CancelCauseFunc
+		ctx, cancel = context.WithCancelCause(ctx)
+		defer cancel(nil)
+		go func() {
+			select {
+			case <-sb.Done():
+			case <-ctx.Done():
+				return
+			}
+			select {
+			case <-time.After(lateHandshake):
+				cancel(sandboxEnded(sb))
+			case <-ctx.Done():
+			}
+		}()
+	}
 	if err := a.waitFor(ctx, func() bool { return len(a.Handshakes()) > 0 }); err != nil {
+		if cause := context.Cause(ctx); cause != nil {
+			err = cause
+		}
 		return agentapi.Handshake{}, fmt.Errorf("no handshake from sandbox %s: %w", a.ID, err)
 	}
 	return a.Handshakes()[0], nil
+}
+
+// sandboxEnded says how sb ended, with the end of its console.
+func sandboxEnded(sb sandbox.Sandbox) error {
+	how := "it ended by itself"
+	if err := sb.Err(); err != nil {
+		how = err.Error()
+	}
+	if tail := sandbox.ConsoleTail(sb, 8); tail != "" {
+		return fmt.Errorf("the sandbox ended (%s); its console ended with: %s", how, tail)
+	}
+	return fmt.Errorf("the sandbox ended (%s)", how)
 }
 
 // WaitEvent waits for an event of type typ.

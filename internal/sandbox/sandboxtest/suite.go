@@ -115,6 +115,7 @@ func (s *suite) start(t *testing.T, d sandbox.Driver, a *Agent) (sandbox.Sandbox
 	if sb.ID() != spec.ID {
 		t.Fatalf("sandbox id = %q, want %q", sb.ID(), spec.ID)
 	}
+	a.Watch(sb)
 	return sb, spec
 }
 
