@@ -173,7 +173,7 @@ func boot(tb testing.TB, qemuBin string, img guestimage.Image, n node, id string
 		"-device", "virtio-net-device,netdev=n0",
 	}
 	// The driver's firmware too (qemu.Firmware): QEMU 10's default, SeaBIOS,
-	// resets most guests at boot.
+	// resets about half of the guests at boot.
 	if fw := qemu.FindFirmware(context.Background(), qemuBin, qemu.Firmware); fw != "" {
 		args = append(args, "-bios", fw)
 	}

@@ -266,7 +266,7 @@ func (d *Driver) findFirmware() string {
 }
 
 // noFirmware says what booting without Firmware means.
-const noFirmware = Firmware + " is in none of QEMU's firmware dirs (qemu-system-x86_64 -L help): VMs boot on QEMU's default microvm firmware, and SeaBIOS's resets most guests at boot"
+const noFirmware = Firmware + " is in none of QEMU's firmware dirs (qemu-system-x86_64 -L help): VMs boot on QEMU's default microvm firmware, and under QEMU 10's, SeaBIOS, about half of the guests reset at boot"
 
 // binary resolves the QEMU executable.
 func (d *Driver) binary() (string, error) {

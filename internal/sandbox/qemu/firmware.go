@@ -12,9 +12,9 @@ import (
 // made for microvm, which jumps straight to the kernel's PVH entry point.
 // Debian's QEMU 7.2 makes it microvm's default (its bios-microvm.bin is a
 // link to qboot.rom). Debian's QEMU 10.0 (Debian 13, bookworm-backports)
-// makes SeaBIOS's microvm build the default instead, under which 8 of 12
-// guests here reset at once, before the kernel printed a line
-// (docs/BENCHMARKS.md). So the driver names qboot itself; both ship it.
+// makes SeaBIOS's microvm build the default instead, under which guests with
+// Debian's kernel reset before their console came up in 11 of 22 cold boots
+// here (docs/BENCHMARKS.md). So the driver names qboot itself; both ship it.
 const Firmware = "qboot.rom"
 
 // FindFirmware returns the path of the file name in the first of bin's
