@@ -6,6 +6,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 )
 
 // Firmware is the boot firmware of nex's VMs: qboot, the minimal firmware
@@ -18,20 +19,33 @@ import (
 const Firmware = "qboot.rom"
 
 // FindFirmware returns the path of the file name in the first of bin's
-// firmware directories (`-L help`) that has it, or "" when none does.
+// firmware directories (`-L help`) that has it, or "" when none does. The
+// answer is kept for the life of the process, so the preflight, the driver
+// and the Firecracker stand-in's boots ask QEMU once; a QEMU that could not
+// be run is asked again next time.
 func FindFirmware(ctx context.Context, bin, name string) string {
+	key := bin + "\x00" + name
+	if p, ok := firmwareFound.Load(key); ok {
+		return p.(string)
+	}
 	out, err := exec.CommandContext(ctx, bin, "-L", "help").Output()
 	if err != nil {
 		return ""
 	}
+	found := ""
 	for _, dir := range strings.Split(string(out), "\n") {
 		if dir = strings.TrimSpace(dir); dir == "" {
 			continue
 		}
 		p := filepath.Join(dir, name)
 		if st, err := os.Stat(p); err == nil && st.Mode().IsRegular() {
-			return p
+			found = p
+			break
 		}
 	}
-	return ""
+	firmwareFound.Store(key, found)
+	return found
 }
+
+// firmwareFound holds FindFirmware's answers by binary and file name.
+var firmwareFound sync.Map
