@@ -8,6 +8,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/nex-engine/nex/internal/guestimage"
 	"github.com/nex-engine/nex/internal/sandbox/sandboxtest"
 )
 
@@ -61,6 +62,30 @@ func TestRootfsBuild(t *testing.T) {
 	}
 	if !strings.Contains(errb.String(), "initramfs") {
 		t.Fatalf("no progress on stderr: %s", errb.String())
+	}
+
+	// Once nex rootfs kernel has compiled a kernel, a build without
+	// --kernel takes it: the same image as with --kernel naming it.
+	compiled := filepath.Join(data, "images", guestimage.KernelsDir, "k1", guestimage.KernelFile)
+	if err := os.MkdirAll(filepath.Dir(compiled), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(compiled, append(elf, "\x00virtio-mmio\x00virtio_net\x00virtio_console\x00"...), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	out.Reset()
+	errb.Reset()
+	noKernel := []string{"rootfs", "build", "--agent", bin, "--data-dir", data}
+	if code := Main(context.Background(), noKernel, &out, &errb); code != 0 ||
+		!strings.Contains(out.String(), fields["hash"]) || !strings.Contains(errb.String(), compiled) {
+		t.Fatalf("build with a compiled kernel: exit %d, want hash %s\nstdout %s\nstderr %s", code, fields["hash"], out.String(), errb.String())
+	}
+	// --debian-kernel and --kernel say different things.
+	out.Reset()
+	errb.Reset()
+	if code := Main(context.Background(), append(args, "--debian-kernel"), &out, &errb); code == 0 ||
+		!strings.Contains(errb.String(), "--debian-kernel") {
+		t.Fatalf("--kernel with --debian-kernel: exit %d, stderr %s", code, errb.String())
 	}
 
 	// A missing kernel is refused with its name.

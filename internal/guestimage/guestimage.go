@@ -46,9 +46,14 @@ type Options struct {
 	// PackageDir holds downloaded kernel packages; empty: CacheDir/pkgs.
 	PackageDir string
 	// Kernel is a user-supplied kernel (bzImage or vmlinux) with its modules
-	// directory in KernelModules; empty: Debian's cloud kernel.
+	// directory in KernelModules; empty: Debian's cloud kernel, or with
+	// UseCompiledKernel the newest one BuildKernel compiled into CacheDir.
 	Kernel        string
 	KernelModules string
+	// UseCompiledKernel prefers, when Kernel is empty, nex's small kernel
+	// (CompiledKernel) to Debian's: once `nex rootfs kernel` has compiled it,
+	// images built after (a rebuild after an upgrade too) keep it.
+	UseCompiledKernel bool
 	// Agent is the binary put in as /init; empty: the running executable.
 	Agent string
 	// Progress, when set, receives one line per step.
@@ -250,6 +255,10 @@ func (o Options) kernelFiles(ctx context.Context, progress func(string)) (kernel
 	if o.Kernel == "" {
 		if o.KernelModules != "" {
 			return kernelFiles{}, errors.New("guest image: a modules dir was given without --kernel")
+		}
+		if k := CompiledKernel(o.CacheDir); o.UseCompiledKernel && k != "" {
+			progress("kernel: " + k + " (nex's small kernel, compiled by nex rootfs kernel)")
+			return kernelFiles{Image: k}, nil
 		}
 		pkgs := o.PackageDir
 		if pkgs == "" {

@@ -34,6 +34,24 @@ const kernelRecipe = "nex-kernel/1"
 // KernelsDir is where built kernels are kept, under the image cache.
 const KernelsDir = "kernels"
 
+// CompiledKernel is the newest kernel BuildKernel compiled into cacheDir
+// (by its file's time), or "" when there is none.
+func CompiledKernel(cacheDir string) string {
+	entries, _ := os.ReadDir(filepath.Join(cacheDir, KernelsDir))
+	var newest string
+	var newestMod time.Time
+	for _, e := range entries {
+		if !e.IsDir() || strings.HasPrefix(e.Name(), ".") { // .build-*: a build under way
+			continue
+		}
+		p := filepath.Join(cacheDir, KernelsDir, e.Name(), KernelFile)
+		if st, err := os.Stat(p); err == nil && st.Mode().IsRegular() && st.ModTime().After(newestMod) {
+			newest, newestMod = p, st.ModTime()
+		}
+	}
+	return newest
+}
+
 // KernelPackages are the Debian packages BuildKernel needs: the source and
 // the tools its build runs (objtool needs libelf's headers).
 var KernelPackages = []string{"linux-source", "make", "gcc", "libc6-dev", "flex", "bison", "bc", "libelf-dev", "xz-utils"}
@@ -76,6 +94,10 @@ func BuildKernel(ctx context.Context, o KernelOptions) (string, error) {
 	dir := filepath.Join(o.CacheDir, KernelsDir, key)
 	out := filepath.Join(dir, KernelFile)
 	if exists(out) {
+		// Images built after take the newest compiled kernel
+		// (CompiledKernel): this one, asked for last.
+		now := time.Now()
+		_ = os.Chtimes(out, now, now)
 		progress("kernel: " + out + " (cached)")
 		return out, nil
 	}

@@ -7,6 +7,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 )
 
 func TestKernelConfigBuildsInWhatTheGuestUses(t *testing.T) {
@@ -111,6 +112,49 @@ func TestBuildKernelCached(t *testing.T) {
 	}
 	if len(lines) != 1 || !strings.Contains(lines[0], "cached") {
 		t.Fatalf("progress %q", lines)
+	}
+
+	// Asked for again while another kernel was compiled since, it becomes
+	// the newest again: the one images built after take.
+	other := filepath.Join(cache, KernelsDir, "other", KernelFile)
+	os.MkdirAll(filepath.Dir(other), 0o755)
+	os.WriteFile(other, []byte("\x7fELF"), 0o644)
+	old := time.Now().Add(-time.Hour)
+	os.Chtimes(want, old, old)
+	if CompiledKernel(cache) != other {
+		t.Fatalf("CompiledKernel = %q before, want %q", CompiledKernel(cache), other)
+	}
+	if _, err := BuildKernel(context.Background(), KernelOptions{CacheDir: cache, Source: src}); err != nil {
+		t.Fatal(err)
+	}
+	if got := CompiledKernel(cache); got != want {
+		t.Fatalf("CompiledKernel = %q after, want %q", got, want)
+	}
+}
+
+// CompiledKernel is the newest complete kernel; a build under way (its
+// tree holds a vmlinux while it links) and a failed one (a log, no
+// vmlinux) are not kernels.
+func TestCompiledKernel(t *testing.T) {
+	cache := t.TempDir()
+	if got := CompiledKernel(cache); got != "" {
+		t.Fatalf("empty cache: %q", got)
+	}
+	now := time.Now()
+	put := func(dir, name string, age time.Duration) string {
+		p := filepath.Join(cache, KernelsDir, dir, name)
+		os.MkdirAll(filepath.Dir(p), 0o755)
+		os.WriteFile(p, []byte("\x7fELF"), 0o644)
+		os.Chtimes(p, now.Add(-age), now.Add(-age))
+		return p
+	}
+	put("a", KernelFile, 2*time.Hour)
+	want := put("b", KernelFile, time.Hour)
+	put(".build-123", KernelFile, 0)
+	put("c", "build.log", 0)
+	os.MkdirAll(filepath.Join(cache, KernelsDir, "d", KernelFile), 0o755) // not a file
+	if got := CompiledKernel(cache); got != want {
+		t.Fatalf("CompiledKernel = %q, want %q", got, want)
 	}
 }
 

@@ -66,7 +66,7 @@ func (o Options) imageChecks() []Check {
 				c.Info = "no guest image under " + o.ImageDir()
 			}
 			if c.OK && name == qemu.CheckKernel {
-				c.Info += kernelKind(path, accel.Detect().Accel)
+				c.Info += kernelKind(path, accel.Detect().Accel, guestimage.CompiledKernel(o.ImageDir()))
 			}
 			return c
 		}}
@@ -80,15 +80,21 @@ func (o Options) imageChecks() []Check {
 
 // kernelKind says how the kernel finds its devices, which decides whether
 // guests boot with ACPI; under emulation it points at the small kernel,
-// whose cold boots take ≈ 0.7× the time (docs/BENCHMARKS.md).
-func kernelKind(kernel string, a accel.Kind) string {
+// whose cold boots take less than half the time (docs/BENCHMARKS.md): the
+// one compiled already (compiled, CompiledKernel) when there is one.
+func kernelKind(kernel string, a accel.Kind, compiled string) string {
 	if ok, _ := guestimage.CmdlineDevices(kernel); ok {
 		return ": drivers built in, devices on the command line, no ACPI"
 	}
-	if a == accel.TCG {
+	switch {
+	case a != accel.TCG:
+		return ": devices through ACPI"
+	case compiled != "":
+		return ": devices through ACPI; under emulation nex's small kernel boots faster, and one is compiled (" +
+			compiled + "): nex rootfs build puts it in a new image"
+	default:
 		return ": devices through ACPI; under emulation nex's small kernel boots faster (nex rootfs kernel)"
 	}
-	return ": devices through ACPI"
 }
 
 // checkGuestAgent warns when the newest image's /init is another build of
@@ -170,10 +176,11 @@ func (o Options) buildImage(ctx context.Context, w io.Writer) error {
 		return fmt.Errorf("the config names the image files (kernel_filepath, rootfs_filepath); fix those paths or remove them")
 	}
 	img, err := guestimage.Build(ctx, guestimage.Options{
-		CacheDir: o.ImageDir(),
-		Agent:    o.Agent,
-		Progress: func(s string) { fmt.Fprintln(w, "  ·", s) },
-		Log:      o.Log,
+		CacheDir:          o.ImageDir(),
+		UseCompiledKernel: true,
+		Agent:             o.Agent,
+		Progress:          func(s string) { fmt.Fprintln(w, "  ·", s) },
+		Log:               o.Log,
 	})
 	if err != nil {
 		return err

@@ -14,6 +14,7 @@ import (
 	"github.com/nex-engine/nex/internal/guestimage"
 	"github.com/nex-engine/nex/internal/sandbox"
 	"github.com/nex-engine/nex/internal/sandbox/qemu"
+	"github.com/nex-engine/nex/internal/sandbox/sandboxtest"
 )
 
 func names(checks []Check) string {
@@ -105,18 +106,22 @@ func TestKernelKind(t *testing.T) {
 	os.WriteFile(small, []byte("\x7fELF\x00virtio_mmio.device\x00"), 0o644)
 	os.WriteFile(debian, []byte("\x7fELF\x00virtio_mmio.c\x00"), 0o644)
 	for _, tc := range []struct {
-		kernel string
-		a      accel.Kind
-		want   string
-		not    string
+		kernel   string
+		a        accel.Kind
+		compiled string
+		want     string
+		not      string
 	}{
-		{small, accel.TCG, "no ACPI", "nex rootfs kernel"},
-		{debian, accel.TCG, "nex rootfs kernel", "no ACPI"},
-		{debian, accel.KVM, "through ACPI", "nex rootfs kernel"},
+		{small, accel.TCG, "", "no ACPI", "nex rootfs"},
+		{small, accel.TCG, small, "no ACPI", "nex rootfs"},
+		{debian, accel.TCG, "", "nex rootfs kernel", "no ACPI"},
+		{debian, accel.TCG, small, "one is compiled (" + small + "): nex rootfs build", "nex rootfs kernel"},
+		{debian, accel.KVM, "", "through ACPI", "nex rootfs"},
+		{debian, accel.KVM, small, "through ACPI", "nex rootfs"},
 	} {
-		got := kernelKind(tc.kernel, tc.a)
+		got := kernelKind(tc.kernel, tc.a, tc.compiled)
 		if !strings.Contains(got, tc.want) || strings.Contains(got, tc.not) {
-			t.Errorf("kernelKind(%s, %s) = %q, want %q and not %q", filepath.Base(tc.kernel), tc.a, got, tc.want, tc.not)
+			t.Errorf("kernelKind(%s, %s, %q) = %q, want %q and not %q", filepath.Base(tc.kernel), tc.a, tc.compiled, got, tc.want, tc.not)
 		}
 	}
 }
@@ -254,5 +259,34 @@ func TestGuestAgentCheck(t *testing.T) {
 	o.Kernel, o.Initrd = "/boot/vmlinux", "/boot/initrd"
 	if c := o.checkGuestAgent(context.Background()); !c.OK {
 		t.Fatalf("configured image files: %+v", c)
+	}
+}
+
+// The image fix (`preflight --yes`) builds on the kernel `nex rootfs
+// kernel` compiled, as `nex rootfs build` does, so a rebuild after an
+// upgrade keeps it rather than going back to Debian's. A static Go
+// program stands in for the agent and, with the drivers' names appended,
+// for the kernel.
+func TestBuildImageTakesTheCompiledKernel(t *testing.T) {
+	bin := sandboxtest.BuildWorkload(t) // any static Go program
+	elf, err := os.ReadFile(bin)
+	if err != nil {
+		t.Fatal(err)
+	}
+	o := Options{Sandbox: "qemu", DataDir: t.TempDir(), Agent: bin}
+	compiled := filepath.Join(o.ImageDir(), guestimage.KernelsDir, "k1", guestimage.KernelFile)
+	os.MkdirAll(filepath.Dir(compiled), 0o755)
+	kernel := append(elf, "\x00virtio-mmio\x00virtio_net\x00virtio_console\x00"...)
+	if err := os.WriteFile(compiled, kernel, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	var out bytes.Buffer
+	if err := o.buildImage(context.Background(), &out); err != nil {
+		t.Fatalf("%v\n%s", err, out.String())
+	}
+	k, initrd := o.Image()
+	got, err := os.ReadFile(k)
+	if err != nil || initrd == "" || !bytes.Equal(got, kernel) {
+		t.Fatalf("image %s, %s (%v): not the compiled kernel\n%s", k, initrd, err, out.String())
 	}
 }
