@@ -356,7 +356,8 @@ func (a *agent) watch(wl *running) {
 	if replied != nil {
 		<-replied
 	}
-	a.publishEvent(agentapi.Event{Type: agentapi.EventWorkloadExited, WorkloadID: wl.id, Code: ex.Code, Message: ex.Message})
+	a.publishEvent(agentapi.Event{Type: agentapi.EventWorkloadExited, WorkloadID: wl.id, Code: ex.Code,
+		Message: ex.Message, OutOfMemory: ex.OutOfMemory})
 	if err := a.nc.FlushTimeout(flushTimeout); err != nil {
 		a.log.Warn("flush exit event", keyError, err)
 	}

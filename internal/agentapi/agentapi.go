@@ -198,4 +198,7 @@ type Event struct {
 	WorkloadID string `json:"workload_id"`
 	Code       int    `json:"code"`
 	Message    string `json:"message,omitempty"`
+	// OutOfMemory is set on an exit event when the kernel's OOM killer
+	// ended the workload (workload.Exit.OutOfMemory).
+	OutOfMemory bool `json:"out_of_memory,omitempty"`
 }

@@ -506,7 +506,11 @@ func (n *Node) onAgentEvent(m *nats.Msg) {
 	if w == nil || ev.Type != agentapi.EventWorkloadExited {
 		return
 	}
-	go n.agentReportedExit(w, h, ev.Code, ev.Message)
+	msg := ev.Message
+	if ev.OutOfMemory && !sandbox.IsUnsafe(n.o.Driver) {
+		msg += fmt.Sprintf("; the VM has %d MiB (machine_template.memsize_mib)", n.cfg.MachineTemplate.MemSizeMiB)
+	}
+	go n.agentReportedExit(w, h, ev.Code, msg)
 }
 
 // pingAgents pings the agent of every bound sandbox; an agent that misses

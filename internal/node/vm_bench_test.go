@@ -28,7 +28,7 @@ import (
 // is the part until the node's answer to the deploy, which comes once the
 // agent has started the workload.
 func BenchmarkVMDeployToFirstReply(b *testing.B) {
-	img, wl := vmBenchImage(b)
+	img, wl := vmImage(b)
 	saved := defaultRefillDelay
 	defer func() { defaultRefillDelay = saved }()
 	for _, run := range []struct {
@@ -39,7 +39,7 @@ func BenchmarkVMDeployToFirstReply(b *testing.B) {
 		snap, prestage := run.snap, run.prestage
 		defaultRefillDelay = run.delay
 		b.Run(fmt.Sprintf("snapshot=%v/refill_delay=%v/prestage=%v", snap, run.delay, prestage), func(b *testing.B) {
-			h := newVMBenchNode(b, img, snap, prestage)
+			h := newVMNode(b, img, snap, prestage)
 			data, _ := os.ReadFile(wl)
 			hash := h.upload("echo", data)
 			var lat, dlat []time.Duration
@@ -69,11 +69,11 @@ func BenchmarkVMDeployToFirstReply(b *testing.B) {
 	}
 }
 
-// vmBenchImage skips b unless VM tests are on and QEMU is there, and
+// vmImage skips tb unless VM tests are on and QEMU is there, and
 // returns the guest image of this nex and the echo workload's path.
-func vmBenchImage(b *testing.B) (guestimage.Image, string) {
+func vmImage(b testing.TB) (guestimage.Image, string) {
 	if os.Getenv("NEX_VM_TESTS") != "1" {
-		b.Skip("microVM benchmark: set NEX_VM_TESTS=1")
+		b.Skip("microVM test: set NEX_VM_TESTS=1")
 	}
 	if _, err := exec.LookPath("qemu-system-x86_64"); err != nil {
 		b.Skip("qemu-system-x86_64 is not installed")
@@ -82,9 +82,9 @@ func vmBenchImage(b *testing.B) (guestimage.Image, string) {
 	return sandboxtest.GuestImage(b, nex), wl
 }
 
-// newVMBenchNode is a node on the qemu driver with a pool of 2 VMs, stopped
+// newVMNode is a node on the qemu driver with a pool of 2 VMs, stopped
 // when b ends.
-func newVMBenchNode(b *testing.B, img guestimage.Image, snap, prestage bool) *harness {
+func newVMNode(b testing.TB, img guestimage.Image, snap, prestage bool) *harness {
 	// unix socket paths must fit 108 bytes: keep the state dir short.
 	short, err := os.MkdirTemp("", "nexvm")
 	if err != nil {
@@ -137,14 +137,14 @@ func firstEcho(b *testing.B, h *harness, subject string, start time.Time) time.D
 // it (node.testNoRestage): the other one joined before the round's first
 // deploy and holds the last round's artifact, and r2 stages its own.
 func BenchmarkVMScaleOut(b *testing.B) {
-	img, wl := vmBenchImage(b)
+	img, wl := vmImage(b)
 	data, err := os.ReadFile(wl)
 	if err != nil {
 		b.Fatal(err)
 	}
 	for _, restage := range []bool{true, false} {
 		b.Run(fmt.Sprintf("restage=%v", restage), func(b *testing.B) {
-			h := newVMBenchNode(b, img, true, true)
+			h := newVMNode(b, img, true, true)
 			h.node.testNoRestage = !restage
 			var lat, dlat [3][]time.Duration
 			for i := 0; i < b.N; i++ {

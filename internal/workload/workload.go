@@ -52,4 +52,7 @@ type Exit struct {
 	Code int
 	// Message says it in words, e.g. "exited with code 3", "killed by signal 9".
 	Message string
+	// OutOfMemory is set when the kernel's OOM killer ended it (its
+	// Message says so too).
+	OutOfMemory bool
 }

@@ -72,17 +72,25 @@ func (Runtime) Start(ctx context.Context, spec workload.Spec) (workload.Handle, 
 }
 
 type handle struct {
-	cmd  *exec.Cmd
-	pid  int
-	done chan struct{}
-	exit workload.Exit
+	cmd     *exec.Cmd
+	pid     int
+	started time.Duration // sinceBoot
+	done    chan struct{}
+	exit    workload.Exit
 }
 
 // start starts the workload so that its parent-death signal holds
 // (pdeath) and records its exit.
 func (h *handle) start() error {
+	h.started = sinceBoot()
 	return pdeath.Start(h.cmd, func() { h.pid = h.cmd.Process.Pid }, func(err error) {
 		h.exit = exitOf(h.cmd.ProcessState, err)
+		if h.exit.Code == 128+int(syscall.SIGKILL) {
+			if oom := oomKilled(h.pid, h.started); oom != "" {
+				h.exit.Message += " " + oom
+				h.exit.OutOfMemory = true
+			}
+		}
 		close(h.done)
 	})
 }

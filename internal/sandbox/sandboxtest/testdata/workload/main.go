@@ -6,6 +6,8 @@
 //	                    unterminated last line, then exit with code
 //	echo <subject>      answer requests on subject over NATS_URL until SIGTERM
 //	ignore-term         ignore SIGTERM and run until killed
+//	eat <MiB>           take and touch memory, MiB at a time, up to <MiB> in
+//	                    all, saying how much every 16 MiB; then exit 0
 package main
 
 import (
@@ -41,6 +43,8 @@ func main() {
 		os.Exit(code)
 	case "echo":
 		echo(arg(2))
+	case "eat":
+		eat(arg(2))
 	case "ignore-term":
 		signal.Ignore(syscall.SIGTERM)
 		fmt.Println("ready")
@@ -73,6 +77,27 @@ func echo(subject string) {
 	<-term
 	fmt.Println("terminating")
 	_ = nc.Drain()
+}
+
+// held keeps what eat took reachable, so the collector cannot free it.
+var held [][]byte
+
+func eat(limit string) {
+	mib, err := strconv.Atoi(limit)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "eat: MiB:", err)
+		os.Exit(2)
+	}
+	for i := 1; i <= mib; i++ {
+		b := make([]byte, 1<<20)
+		for j := 0; j < len(b); j += 4096 {
+			b[j] = 1
+		}
+		held = append(held, b)
+		if i%16 == 0 {
+			fmt.Println("ate", i, "MiB")
+		}
+	}
 }
 
 func arg(i int) string {

@@ -1,0 +1,57 @@
+package qemu
+
+import (
+	"context"
+	"os"
+	"strings"
+	"testing"
+
+	"github.com/nex-engine/nex/internal/agentapi"
+	"github.com/nex-engine/nex/internal/sandbox/sandboxtest"
+)
+
+// TestWorkloadOutOfMemory deploys a workload that wants more memory than
+// its VM has (1 GiB of 128 MiB). The guest kernel's OOM killer ends the
+// workload, not the VM: the exit event says why, in place of a bare
+// "killed by signal 9", and the VM then ends cleanly, as after any
+// workload.
+func TestWorkloadOutOfMemory(t *testing.T) {
+	requireVM(t)
+	a := vmSetup(t)
+	wl, err := os.ReadFile(sandboxtest.BuildWorkload(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	inColdAndCloned(t, a, func(t *testing.T, d *Driver) {
+		ctx, cancel := context.WithTimeout(context.Background(), vmTimeout)
+		defer cancel()
+		h := sandboxtest.NewHarness(t)
+		ag := h.AddAgent("oom" + strings.ReplaceAll(t.Name(), "/", ""))
+		sb := startReady(t, ctx, d, ag)
+		r, err := ag.Deploy(ctx, agentapi.Deploy{WorkloadID: "eater", Name: "eater", Namespace: "default",
+			Type: "native", Argv: []string{"eat", "1024"}}, wl)
+		if err != nil || !r.OK {
+			t.Fatalf("deploy: %+v, %v", r, err)
+		}
+		e, err := ag.WaitEvent(ctx, agentapi.EventWorkloadExited)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if e.Code != 137 || !strings.Contains(e.Message, "killed by signal 9") ||
+			!strings.Contains(e.Message, "OOM killer: the machine ran out of memory (the workload had ") {
+			t.Fatalf("exit event = %+v; want code 137, the OOM killer and the memory it had", e)
+		}
+		if err := ag.WaitLog(ctx, "stdout", "hello stdout"); err != nil {
+			t.Fatalf("the workload never got going: %v", err)
+		}
+		select {
+		case <-sb.Done():
+		case <-ctx.Done():
+			t.Fatal("the VM did not end after its workload")
+		}
+		if err := sb.Err(); err != nil {
+			t.Fatalf("the VM ended with %v; want nil, as after any workload", err)
+		}
+		t.Logf("exit: %s", e.Message)
+	})
+}
