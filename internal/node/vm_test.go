@@ -1,12 +1,14 @@
 package node
 
 import (
+	"fmt"
 	"os"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/nex-engine/nex/api"
+	"github.com/nex-engine/nex/internal/node/config"
 )
 
 // TestVMWorkloadOutOfMemory deploys a workload that wants more memory than
@@ -31,7 +33,7 @@ func TestVMWorkloadOutOfMemory(t *testing.T) {
 		return evs.last(api.EventWorkloadUndeployed, &und) && und.WorkloadID == run.ID
 	})
 	if und.Code != 137 || !strings.Contains(und.Message, "OOM killer") ||
-		!strings.HasSuffix(und.Message, "; the VM has 128 MiB (machine_template.memsize_mib)") {
+		!strings.HasSuffix(und.Message, fmt.Sprintf("; the VM has %d MiB (machine_template.memsize_mib)", config.DefaultMemMiB)) {
 		t.Fatalf("workload_undeployed %+v; want code 137, the OOM killer and the VM's memory", und)
 	}
 	t.Logf("message: %s", und.Message)

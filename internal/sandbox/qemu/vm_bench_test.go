@@ -20,6 +20,7 @@ import (
 	"github.com/nats-io/nats.go"
 
 	"github.com/nex-engine/nex/internal/agentapi"
+	"github.com/nex-engine/nex/internal/node/config"
 	"github.com/nex-engine/nex/internal/sandbox"
 	"github.com/nex-engine/nex/internal/sandbox/sandboxtest"
 )
@@ -57,7 +58,9 @@ func bootToHandshake(b *testing.B, d *Driver, h *sandboxtest.Harness, n int) ([]
 	var configured time.Duration
 	for i := range vms {
 		wg.Go(func() {
-			if vms[i].sb, errs[i] = d.Start(ctx, vms[i].a.Spec(b.TempDir())); errs[i] != nil {
+			spec := vms[i].a.Spec(b.TempDir())
+			spec.MemoryMiB = config.DefaultMemMiB // the node's default shape
+			if vms[i].sb, errs[i] = d.Start(ctx, spec); errs[i] != nil {
 				return
 			}
 			vms[i].a.Watch(vms[i].sb)
@@ -103,7 +106,7 @@ func benchDriver(b *testing.B, snapshot bool) *Driver {
 		c.Snapshot, c.SnapshotDir = snapshot, b.TempDir()
 	})
 	if snapshot {
-		if err := d.Prepare(context.Background(), Shape{VCPU: 1, MemoryMiB: 128}); err != nil {
+		if err := d.Prepare(context.Background(), Shape{VCPU: 1, MemoryMiB: config.DefaultMemMiB}); err != nil {
 			b.Fatal(err)
 		}
 	}
