@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -75,6 +76,7 @@ type handle struct {
 	cmd     *exec.Cmd
 	pid     int
 	started time.Duration // sinceBoot
+	killed  atomic.Bool   // Stop sent SIGKILL
 	done    chan struct{}
 	exit    workload.Exit
 }
@@ -85,7 +87,7 @@ func (h *handle) start() error {
 	h.started = sinceBoot()
 	return pdeath.Start(h.cmd, func() { h.pid = h.cmd.Process.Pid }, func(err error) {
 		h.exit = exitOf(h.cmd.ProcessState, err)
-		if h.exit.Code == 128+int(syscall.SIGKILL) {
+		if h.exit.Code == 128+int(syscall.SIGKILL) && !h.killed.Load() {
 			if oom := oomKilled(h.pid, h.started); oom != "" {
 				h.exit.Message += " " + oom
 				h.exit.OutOfMemory = true
@@ -118,6 +120,7 @@ func (h *handle) Stop(ctx context.Context) error {
 		return nil
 	case <-ctx.Done():
 	}
+	h.killed.Store(true)
 	if err := h.signal(syscall.SIGKILL); err != nil {
 		return err
 	}

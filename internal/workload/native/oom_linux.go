@@ -19,8 +19,18 @@ func sinceBoot() time.Duration {
 // oomKilled reads the kernel's log for the OOM killer's kill of pid since
 // started (sinceBoot at its start, less a second for the two clocks'
 // drift). "" when there is none, or the log cannot be read (dmesg_restrict
-// without CAP_SYSLOG).
+// without CAP_SYSLOG). The killer logs its kill just after it sends the
+// signal, so on another CPU the victim's end can be seen first: a log
+// without the record is read once more, a moment later.
 func oomKilled(pid int, started time.Duration) string {
+	if r := readOOMRecord(pid, started); r != "" {
+		return r
+	}
+	time.Sleep(50 * time.Millisecond)
+	return readOOMRecord(pid, started)
+}
+
+func readOOMRecord(pid int, started time.Duration) string {
 	// Raw reads: an *os.File would park a read at the log's end on Go's
 	// poller until the kernel logs again, where this wants EAGAIN.
 	fd, err := unix.Open("/dev/kmsg", unix.O_RDONLY|unix.O_NONBLOCK|unix.O_CLOEXEC, 0)
