@@ -34,7 +34,7 @@ import (
 const (
 	DefaultBinary       = "firecracker"
 	DefaultVCPU         = 1
-	DefaultMemoryMiB    = 128
+	DefaultMemoryMiB    = 256 // as the node's machine_template.memsize_mib
 	DefaultStartTimeout = 30 * time.Second
 )
 

@@ -34,7 +34,7 @@ import (
 // Defaults.
 const (
 	DefaultBinary      = "qemu-system-x86_64"
-	DefaultMemoryMiB   = 128
+	DefaultMemoryMiB   = 256 // as the node's machine_template.memsize_mib
 	DefaultVCPU        = 1
 	DefaultBootTimeout = 60 * time.Second
 )
