@@ -34,7 +34,7 @@ import (
 const (
 	DefaultBinary       = "firecracker"
 	DefaultVCPU         = 1
-	DefaultMemoryMiB    = 256 // as the node's machine_template.memsize_mib
+	DefaultMemoryMiB    = 128
 	DefaultStartTimeout = 30 * time.Second
 )
 

@@ -34,7 +34,7 @@ import (
 // Defaults.
 const (
 	DefaultBinary      = "qemu-system-x86_64"
-	DefaultMemoryMiB   = 256 // as the node's machine_template.memsize_mib
+	DefaultMemoryMiB   = 128
 	DefaultVCPU        = 1
 	DefaultBootTimeout = 60 * time.Second
 )
