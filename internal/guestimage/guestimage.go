@@ -256,9 +256,11 @@ func (o Options) kernelFiles(ctx context.Context, progress func(string)) (kernel
 		if o.KernelModules != "" {
 			return kernelFiles{}, errors.New("guest image: a modules dir was given without --kernel")
 		}
-		if k := CompiledKernel(o.CacheDir); o.UseCompiledKernel && k != "" {
-			progress("kernel: " + k + " (nex's small kernel, compiled by nex rootfs kernel)")
-			return kernelFiles{Image: k}, nil
+		if o.UseCompiledKernel {
+			if k := CompiledKernel(o.CacheDir); k != "" {
+				progress("kernel: " + k + " (nex's small kernel, compiled by nex rootfs kernel)")
+				return kernelFiles{Image: k}, nil
+			}
 		}
 		pkgs := o.PackageDir
 		if pkgs == "" {

@@ -104,8 +104,9 @@ const (
 	// DefaultMemMiB: a guest's own needs (its kernel, the initramfs with
 	// /init, the agent, virtio-serial's receive buffers) take ≈ 110 MiB of
 	// 128 with Debian's kernel, so a workload got ≈ 12–17 MiB before the
-	// OOM killer ended it. At 256 it gets ≈ 140; the host pays only for
-	// what a guest touches (an idle clone ≈ 1 MiB more, docs/BENCHMARKS.md).
+	// OOM killer ended it. At 256 it gets 136 MiB (197 on nex's small
+	// kernel); the host pays only for what a guest touches (an idle clone
+	// ≈ 1 MiB more, docs/BENCHMARKS.md).
 	DefaultMemMiB            = 256
 	DefaultMaxWorkloads      = 64
 	DefaultMaxWorkloadBytes  = 256 << 20
