@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -21,7 +22,7 @@ func memoryCgroup(t *testing.T, limit int64) string {
 	name := fmt.Sprintf("nex-test-%d", os.Getpid())
 	var dir string
 	files := map[string]string{}
-	if b, err := os.ReadFile("/sys/fs/cgroup/cgroup.subtree_control"); err == nil && containsWord(string(b), "memory") {
+	if b, err := os.ReadFile("/sys/fs/cgroup/cgroup.subtree_control"); err == nil && slices.Contains(strings.Fields(string(b)), "memory") {
 		dir = filepath.Join("/sys/fs/cgroup", name)
 		files["memory.max"] = strconv.FormatInt(limit, 10)
 		files["memory.swap.max"] = "0"
@@ -51,13 +52,4 @@ func memoryCgroup(t *testing.T, limit int64) string {
 		}
 	}
 	return dir
-}
-
-func containsWord(s, w string) bool {
-	for _, f := range strings.Fields(s) {
-		if f == w {
-			return true
-		}
-	}
-	return false
 }
