@@ -222,6 +222,8 @@ func TestDeployRefusals(t *testing.T) {
 	hash := h.upload("good", data)
 	big := make([]byte, 65<<20)
 	bigHash := h.upload("big", big)
+	textHash := h.upload("text", []byte("hello\n"))
+	scriptHash := h.upload("script", []byte("#!/opt/nex-test/interp\n"))
 	otherNodeX, _ := nkeys.CreateCurveKeys()
 	otherNodeXPub, _ := otherNodeX.PublicKey()
 	user, _ := nkeys.CreateUser()
@@ -283,6 +285,14 @@ func TestDeployRefusals(t *testing.T) {
 			r.Location, _ = controlclient.NATSLocation("NEXCLIFILES", "big")
 			r.WorkloadJWT = sign(h.issuer, "good", bigHash, nil)
 		}, want: "over this node's limit"},
+		{name: "not an executable", mut: func(r *api.DeployRequest) {
+			r.Location, _ = controlclient.NATSLocation("NEXCLIFILES", "text")
+			r.WorkloadJWT = sign(h.issuer, "good", textHash, nil)
+		}, want: `artifact refused: good cannot run here: not an executable: neither ELF nor a #! script (it starts with "hello\n")`},
+		{name: "interpreter missing", mut: func(r *api.DeployRequest) {
+			r.Location, _ = controlclient.NATSLocation("NEXCLIFILES", "script")
+			r.WorkloadJWT = sign(h.issuer, "good", scriptHash, nil)
+		}, want: "good cannot run here: a script for /opt/nex-test/interp, which is not on this machine"},
 		{name: "wrong target node", mut: func(r *api.DeployRequest) { s := "NXXX"; r.TargetNode = &s }, want: "target_node is NXXX"},
 		{name: "reserved trigger", mut: func(r *api.DeployRequest) { r.TriggerSubjects = []string{"$NEX.PING"} }, want: "trigger_subjects are for function workloads"},
 	}

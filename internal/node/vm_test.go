@@ -1,7 +1,10 @@
 package node
 
 import (
+	"context"
+	"debug/elf"
 	"fmt"
+	"io"
 	"os"
 	"strings"
 	"testing"
@@ -37,4 +40,47 @@ func TestVMWorkloadOutOfMemory(t *testing.T) {
 		t.Fatalf("workload_undeployed %+v; want code 137, the OOM killer and the VM's memory", und)
 	}
 	t.Logf("message: %s", und.Message)
+}
+
+// TestVMRefusesDynamicExecutable deploys a dynamically linked executable
+// into a node on the qemu driver. A guest holds no shared libraries, so the
+// node refuses it by name, and before it takes a VM: the pool keeps both.
+// (In the guest the kernel would have said "no such file or directory".)
+func TestVMRefusesDynamicExecutable(t *testing.T) {
+	img, _ := vmImage(t)
+	f, err := elf.Open("/bin/true")
+	if err != nil {
+		t.Skipf("no ELF /bin/true here: %v", err)
+	}
+	loader := ""
+	for _, p := range f.Progs {
+		if p.Type == elf.PT_INTERP {
+			b, _ := io.ReadAll(p.Open())
+			loader = strings.TrimRight(string(b), "\x00")
+		}
+	}
+	f.Close()
+	if loader == "" {
+		t.Skip("/bin/true is statically linked here")
+	}
+	data, err := os.ReadFile("/bin/true")
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := newVMNode(t, img, true, true)
+	hash := h.upload("dyn", data)
+	ctx, cancel := context.WithTimeout(h.ctx(), 3*time.Minute)
+	defer cancel()
+	if err := h.node.pool.Wait(ctx, 2); err != nil {
+		t.Fatal(err)
+	}
+	_, err = h.deploy(h.deployRequest("dyn", "dyn", hash, nil))
+	want := "artifact refused: dyn cannot run here: dynamically linked (its loader is " + loader +
+		"), and a VM sandbox holds no shared libraries: link it statically (Go: CGO_ENABLED=0 go build)"
+	if err == nil || !strings.Contains(err.Error(), want) {
+		t.Fatalf("deploy: %v; want %q", err, want)
+	}
+	if st := h.node.pool.Status(); st.Ready != 2 || st.Starting != 0 {
+		t.Fatalf("pool %+v after the refusal; want both VMs still ready", st)
+	}
 }

@@ -13,6 +13,7 @@ import (
 	"github.com/nex-engine/nex/api"
 	"github.com/nex-engine/nex/internal/agentapi"
 	"github.com/nex-engine/nex/internal/sandbox"
+	"github.com/nex-engine/nex/internal/workload/native"
 )
 
 // workload is one deployed workload. Its id outlives sandboxes: an essential
@@ -93,6 +94,14 @@ func (n *Node) Deploy(ctx context.Context, ns string, req api.DeployRequest) (ap
 	if !kept {
 		n.artifacts.release(v.hash)
 		return api.RunResponse{}, fmt.Errorf("%w: stopped while its artifact was fetched", ErrSandbox)
+	}
+	// A file that cannot run where this node runs workloads is refused
+	// before it takes a sandbox.
+	if w.typ == api.WorkloadNative {
+		if err := native.Check(w.artifactPath, sandbox.IsUnsafe(n.o.Driver)); err != nil {
+			release()
+			return api.RunResponse{}, fmt.Errorf("%w: %s %v", ErrArtifact, w.name, err)
+		}
 	}
 	t1 := time.Now()
 	w.deployedAt = t1

@@ -69,6 +69,13 @@ func (Runtime) Start(ctx context.Context, spec workload.Spec) (workload.Handle, 
 			return nil, ctx.Err()
 		}
 	}
+	// The kernel says ENOENT for a missing loader, and ENOEXEC for a file
+	// it cannot run at all: say what the file is instead.
+	if errors.Is(err, syscall.ENOENT) || errors.Is(err, syscall.ENOEXEC) {
+		if why := Check(spec.Path, true); errors.Is(why, ErrNotRunnable) {
+			err = why
+		}
+	}
 	return nil, fmt.Errorf("start %s: %w", argv0, err)
 }
 

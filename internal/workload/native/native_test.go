@@ -142,7 +142,7 @@ func TestStartRefusesNonExecutable(t *testing.T) {
 		t.Fatal(err)
 	}
 	_, err := Runtime{}.Start(context.Background(), workload.Spec{Name: "text", Path: p, Dir: filepath.Dir(p)})
-	if !errors.Is(err, syscall.ENOEXEC) || !strings.Contains(err.Error(), "exec format error") {
+	if !errors.Is(err, ErrNotRunnable) || !strings.Contains(err.Error(), "start text: cannot run here: not an executable") {
 		t.Fatalf("err = %v", err)
 	}
 }
