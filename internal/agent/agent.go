@@ -54,6 +54,11 @@ type Options struct {
 	// deploy's way that is the sandbox's own (a VM's stage disk read by
 	// PID 1). It must end soon after ctx does.
 	RehearseMore func(ctx context.Context) error
+	// CheckRoom, if set, refuses an artifact of size bytes that would not
+	// fit in WorkDir, before it is fetched: in a VM, WorkDir is in guest
+	// RAM, and filling it would end in "no space left on device" after the
+	// whole transfer, or in the OOM killer.
+	CheckRoom func(size int64) error
 }
 
 // DefaultRuntimes are the workload types an agent runs unless told otherwise.

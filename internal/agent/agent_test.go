@@ -392,3 +392,29 @@ func TestDeployUnstages(t *testing.T) {
 		}
 	}
 }
+
+// TestDeployChecksRoomFirst: an artifact that Options.CheckRoom refuses is
+// not fetched; the deploy fails with the refusal.
+func TestDeployChecksRoomFirst(t *testing.T) {
+	h := sandboxtest.NewHarness(t)
+	a := h.AddAgent("room")
+	work := t.TempDir()
+	var asked atomic.Int64
+	runAgent(t, testCtx(t), a, agent.Options{WorkDir: work, CheckRoom: func(size int64) error {
+		asked.Store(size)
+		return errors.New("a 4 KiB file does not fit")
+	}})
+	if _, err := a.WaitHandshake(testCtx(t)); err != nil {
+		t.Fatal(err)
+	}
+	r, err := a.Deploy(testCtx(t), agentapi.Deploy{WorkloadID: "w1", Name: "big", Type: "native"}, make([]byte, 4096))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.OK || r.Error != "fetch artifact: a 4 KiB file does not fit" || asked.Load() != 4096 {
+		t.Fatalf("deploy: %+v (CheckRoom asked for %d bytes); want the refusal, for 4096", r, asked.Load())
+	}
+	if left, _ := os.ReadDir(work); len(left) != 0 {
+		t.Fatalf("work dir holds %v after the refusal", left)
+	}
+}

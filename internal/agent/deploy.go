@@ -151,6 +151,11 @@ func (a *agent) fetch(ctx context.Context, d *agentapi.Deploy, path string) erro
 	if d.StagedPath != "" {
 		return takeStaged(d, path)
 	}
+	if a.o.CheckRoom != nil {
+		if err := a.o.CheckRoom(d.Size); err != nil {
+			return fmt.Errorf("fetch artifact: %w", err)
+		}
+	}
 	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
 	if err != nil {
 		return fmt.Errorf("fetch artifact: %w", err)

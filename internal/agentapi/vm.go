@@ -95,6 +95,9 @@ type FileReply struct {
 	// NoDisk: the frame named the stage disk and the guest has none; the
 	// host should send the bytes.
 	NoDisk bool `json:"no_disk,omitempty"`
+	// NoRoom: the file was refused because it does not fit in the guest's
+	// RAM. Sending it another way would fail the same.
+	NoRoom bool `json:"no_room,omitempty"`
 }
 
 // CheckStagedName accepts names that are one plain file name in StagedDir:

@@ -332,7 +332,7 @@ func TestDeployRefusals(t *testing.T) {
 		h.node.testHookBeforeAgentDeploy = func(sb sandbox.Sandbox, _ *agentapi.Deploy) { _ = syscall.Kill(sb.PID(), syscall.SIGKILL) }
 		defer func() { h.node.testHookBeforeAgentDeploy = nil }()
 		_, err := h.deploy(good())
-		if err == nil || !strings.Contains(err.Error(), "agent could not start it") {
+		if err == nil || !strings.Contains(err.Error(), "workload did not start: the agent could not start it") {
 			t.Fatalf("got %v", err)
 		}
 		h.assertClean(t)

@@ -17,5 +17,6 @@ var (
 	ErrUnknownWorkload = errors.New("no such workload")
 	ErrStopDenied      = errors.New("stop refused")
 	ErrSandbox         = errors.New("no sandbox for the workload")
+	ErrStart           = errors.New("workload did not start")
 	ErrShuttingDown    = errors.New("node is shutting down")
 )

@@ -83,8 +83,8 @@ func vmImage(b testing.TB) (guestimage.Image, string) {
 }
 
 // newVMNode is a node on the qemu driver with a pool of 2 VMs, stopped
-// when b ends.
-func newVMNode(b testing.TB, img guestimage.Image, snap, prestage bool) *harness {
+// when b ends; mutate changes its config further.
+func newVMNode(b testing.TB, img guestimage.Image, snap, prestage bool, mutate ...func(*config.Config)) *harness {
 	// unix socket paths must fit 108 bytes: keep the state dir short.
 	short, err := os.MkdirTemp("", "nexvm")
 	if err != nil {
@@ -96,6 +96,9 @@ func newVMNode(b testing.TB, img guestimage.Image, snap, prestage bool) *harness
 		c.MachinePoolSize = &n
 		c.HandshakeTimeout = config.Duration(3 * time.Minute)
 		c.VMPrestage = &prestage
+		for _, m := range mutate {
+			m(c)
+		}
 	}, func(c *config.Config) (driverOf, error) {
 		return qemu.New(qemu.Config{Kernel: img.Kernel, Initrd: img.Initrd,
 			Snapshot: snap, SnapshotDir: filepath.Join(c.DataDir, "snapshots"), Log: quietLog()})

@@ -84,3 +84,33 @@ func TestVMRefusesDynamicExecutable(t *testing.T) {
 		t.Fatalf("pool %+v after the refusal; want both VMs still ready", st)
 	}
 }
+
+// TestVMRefusesArtifactTooBig deploys a file bigger than a VM's RAM can
+// hold. The guest refuses it before a byte is written, and the node fails
+// the deploy with that refusal instead of streaming the file over NATS
+// (which ended, after the whole transfer, in "no space left on device").
+func TestVMRefusesArtifactTooBig(t *testing.T) {
+	img, wl := vmImage(t)
+	data, err := os.ReadFile(wl)
+	if err != nil {
+		t.Fatal(err)
+	}
+	data = append(data, make([]byte, 64<<20)...) // still runs: bytes after the ELF's
+	h := newVMNode(t, img, true, true, func(c *config.Config) { c.MachineTemplate.MemSizeMiB = 64 })
+	hash := h.upload("big", data)
+	_, err = h.deploy(h.deployRequest("big", "big", hash, nil, "exit", "0"))
+	if err == nil || !strings.Contains(err.Error(), "artifact refused: big: stage into vm") ||
+		!strings.Contains(err.Error(), "does not fit in the guest") || !strings.Contains(err.Error(), "machine_template.memsize_mib") {
+		t.Fatalf("deploy: %v; want the guest's refusal", err)
+	}
+	t.Logf("refusal: %v", err)
+
+	// Without the stage (a Firecracker VM has none), the agent in the guest
+	// refuses to fetch it.
+	h.node.testNoStaging = true
+	_, err = h.deploy(h.deployRequest("big", "big", hash, nil, "exit", "0"))
+	if err == nil || !strings.Contains(err.Error(), fmt.Sprintf("workload did not start: the agent could not start it: fetch artifact: a %.1f MiB file does not fit in the guest", float64(len(data))/(1<<20))) ||
+		!strings.Contains(err.Error(), "left in /tmp/work") {
+		t.Fatalf("deploy without staging: %v; want the agent's refusal", err)
+	}
+}

@@ -93,7 +93,7 @@ func (n *Node) Deploy(ctx context.Context, ns string, req api.DeployRequest) (ap
 	n.mu.Unlock()
 	if !kept {
 		n.artifacts.release(v.hash)
-		return api.RunResponse{}, fmt.Errorf("%w: stopped while its artifact was fetched", ErrSandbox)
+		return api.RunResponse{}, fmt.Errorf("%w: stopped while its artifact was fetched", ErrStart)
 	}
 	// A file that cannot run where this node runs workloads is refused
 	// before it takes a sandbox.
@@ -138,6 +138,20 @@ func (n *Node) start(ctx context.Context, w *workload) error {
 	w.mu.Unlock()
 
 	user, pass := n.internal.AddWorkloadUser(w.id)
+	// fail undoes the above: w gets no sandbox, and h is discarded.
+	fail := func(err error) error {
+		w.mu.Lock()
+		if w.sandbox == h {
+			w.sandbox = nil
+		}
+		w.mu.Unlock()
+		h.mu.Lock()
+		h.workload = nil
+		h.mu.Unlock()
+		h.Discard()
+		n.internal.RemoveWorkloadUser(w.id)
+		return err
+	}
 	d := agentapi.Deploy{WorkloadID: w.id, Name: w.name, Namespace: w.ns, Type: w.typ, Argv: w.argv, Env: w.env,
 		Hash: w.hash, Size: w.size, NATSUser: user, NATSPassword: pass}
 
@@ -149,7 +163,11 @@ func (n *Node) start(ctx context.Context, w *workload) error {
 			if pre.hash != "" && !n.unstage(ctx, h, pre) {
 				d.Unstage = []string{pre.path} // the agent deletes it
 			}
-			if d.StagedPath, err = st.Stage(ctx, w.artifactPath, w.hash); err != nil {
+			d.StagedPath, err = st.Stage(ctx, w.artifactPath, w.hash)
+			if errors.Is(err, sandbox.ErrNoRoom) {
+				return fail(fmt.Errorf("%w: %s: %v", ErrArtifact, w.name, err))
+			}
+			if err != nil {
 				n.log.Warn("staging the artifact failed; the agent will fetch it over NATS", keyVMID, h.id, "error", err)
 				d.StagedPath = ""
 			}
@@ -191,12 +209,7 @@ func (n *Node) start(ctx context.Context, w *workload) error {
 			w.sandbox = nil
 		}
 		w.mu.Unlock()
-		h.mu.Lock()
-		h.workload = nil
-		h.mu.Unlock()
-		h.Discard()
-		n.internal.RemoveWorkloadUser(w.id)
-		return fmt.Errorf("%w: agent could not start it: %v", ErrSandbox, err)
+		return fail(fmt.Errorf("%w: the agent could not start it: %v", ErrStart, err))
 	}
 	w.running = true
 	early := w.earlyExit

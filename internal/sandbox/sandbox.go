@@ -90,6 +90,9 @@ type Unsafe interface{ Unsafe() bool }
 // verified, into the sandbox's own work dir instead of streaming it over
 // NATS. The agent still checks size and hash before it runs it. Stage
 // returns the path the agent sees; ctx bounds the transfer (the deploy's).
+//
+// A Stage that fails with ErrNoRoom found the file too big for the sandbox:
+// the agent's own fetch would fail the same, so the deploy fails with it.
 type Stager interface {
 	Stage(ctx context.Context, src, name string) (string, error)
 }
@@ -145,6 +148,10 @@ type Preflighter interface {
 
 // ErrStopped is returned by Err after a requested Stop.
 var ErrStopped = errors.New("sandbox stopped")
+
+// ErrNoRoom is a Stage's refusal of a file that does not fit in the
+// sandbox (a VM keeps it in guest RAM).
+var ErrNoRoom = errors.New("the file does not fit in the sandbox")
 
 // IsUnsafe reports whether d gives no isolation.
 func IsUnsafe(d Driver) bool {

@@ -107,6 +107,8 @@ func (s *FileServer) Serve(ctx context.Context, port io.ReadWriter) error {
 		switch {
 		case err != nil:
 			reply.Error = err.Error()
+			var nr *noRoomError
+			reply.NoRoom = errors.As(err, &nr)
 			s.Log.Warn("file refused", "name", h.Name, "bytes", size, "delete", h.Delete, keyError, err)
 		case h.Delete:
 			s.Log.Debug("file deleted", "name", h.Name, keyTook, time.Since(t0))
@@ -295,20 +297,27 @@ func (s *FileServer) keep(f *os.File, name string, size int64, werr error) (stri
 	return path, nil
 }
 
-// checkRoom refuses a file that would not fit, before any of it is written:
-// it would live in guest RAM, and a guest out of memory kills processes.
-func (s *FileServer) checkRoom(size int64) error {
-	room := s.Room
+// noRoomError is checkRoom's refusal (FileReply.NoRoom).
+type noRoomError struct{ msg string }
+
+func (e *noRoomError) Error() string { return e.msg }
+
+func (s *FileServer) checkRoom(size int64) error { return checkRoom(s.Dir, size, s.Room) }
+
+// checkRoom refuses a file of size bytes that would not fit in dir, before
+// any of it is written: it would live in guest RAM, and a guest out of
+// memory kills processes. room nil is defaultRoom.
+func checkRoom(dir string, size int64, room func(dir string) (int64, error)) error {
 	if room == nil {
 		room = defaultRoom
 	}
-	free, err := room(s.Dir)
+	free, err := room(dir)
 	if err != nil {
-		return fmt.Errorf("room in %s: %w", s.Dir, err)
+		return fmt.Errorf("room in %s: %w", dir, err)
 	}
 	if size > free {
-		return fmt.Errorf("a %s file does not fit in the guest (%s left in %s, which is in guest RAM): "+
-			"give the sandbox more memory (machine_template.memsize_mib)", mib(size), mib(free), s.Dir)
+		return &noRoomError{fmt.Sprintf("a %s file does not fit in the guest (%s left in %s, which is in guest RAM): "+
+			"give the sandbox more memory (machine_template.memsize_mib)", mib(size), mib(free), dir)}
 	}
 	return nil
 }

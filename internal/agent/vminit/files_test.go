@@ -210,8 +210,11 @@ func TestFileServerNoRoom(t *testing.T) {
 	p := startFileServer(t, func(string) (int64, error) { return 1 << 20, nil })
 	body := randomBytes(t, 1<<20+1)
 	r := p.send(t, "big", int64(len(body)), body)
-	if !strings.Contains(r.Error, "does not fit") || !strings.Contains(r.Error, "memsize_mib") {
+	if !r.NoRoom || !strings.Contains(r.Error, "does not fit") || !strings.Contains(r.Error, "memsize_mib") {
 		t.Fatalf("reply %+v, want a clear no-room error", r)
+	}
+	if r := p.send(t, "bad/name", 1, []byte("x")); r.Error == "" || r.NoRoom {
+		t.Fatalf("reply %+v to a bad name: want an error that is not NoRoom", r)
 	}
 	if r := p.send(t, "small", 5, []byte("small")); r.Error != "" {
 		t.Fatalf("frame after a refusal: %s", r.Error)

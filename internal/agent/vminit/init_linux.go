@@ -578,6 +578,7 @@ func (v *vm) runAgent(ctx context.Context, log *slog.Logger, handshaken func()) 
 		Dialer:           v.agentDial,
 		Rehearsal:        v.rehearsal,
 		RehearseMore:     v.rehearseMore(),
+		CheckRoom:        func(size int64) error { return checkRoom(workDir, size, nil) },
 	})
 }
 

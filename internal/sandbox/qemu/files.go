@@ -147,7 +147,7 @@ func (p *filePort) remove(ctx context.Context, name string) error {
 	_, err := p.frame(ctx, 0, func(conn net.Conn) (string, error) {
 		r, err := exchange(conn, p.r, agentapi.FileHeader{Name: name, Delete: true}, nil)
 		if err == nil && r.Error != "" {
-			err = &refusedError{r.Error}
+			err = refused(r)
 		}
 		return "", err
 	})
@@ -228,7 +228,7 @@ func (p *filePort) viaDisk(conn net.Conn, name string, size int64, src *os.File)
 	case err != nil:
 		return "", false, err
 	case r.Error != "":
-		return "", false, &refusedError{r.Error}
+		return "", false, refused(r)
 	case r.NoDisk:
 		p.noDisk = true
 		return "", false, nil
@@ -303,9 +303,17 @@ func (p *filePort) close() {
 
 // refusedError is the guest's answer to a frame it read but did not keep:
 // the port stays usable.
-type refusedError struct{ msg string }
+type refusedError struct {
+	msg    string
+	noRoom bool // the file does not fit in the guest
+}
+
+func refused(r agentapi.FileReply) error { return &refusedError{msg: r.Error, noRoom: r.NoRoom} }
 
 func (e *refusedError) Error() string { return "guest refused the file: " + e.msg }
+
+// Is makes a file that does not fit sandbox.ErrNoRoom.
+func (e *refusedError) Is(target error) bool { return e.noRoom && target == sandbox.ErrNoRoom }
 
 // sendFile writes one frame (header line, then size bytes of body) and
 // reads the guest's answer.
@@ -315,7 +323,7 @@ func sendFile(w io.Writer, replies *bufio.Reader, name string, size int64, body 
 		return "", err
 	}
 	if r.Error != "" {
-		return "", &refusedError{r.Error}
+		return "", refused(r)
 	}
 	if r.Path == "" {
 		return "", errors.New("guest's answer has neither a path nor an error")

@@ -21,6 +21,7 @@ import (
 
 	"github.com/nex-engine/nex/internal/agent/vminit"
 	"github.com/nex-engine/nex/internal/agentapi"
+	"github.com/nex-engine/nex/internal/sandbox"
 	"github.com/nex-engine/nex/internal/sandbox/sandboxtest"
 )
 
@@ -241,8 +242,8 @@ func testFilePortGuestRefusal(t *testing.T, disk bool) {
 	src, _ := artifact(t, 2<<20)
 	_, _, err := ft.port.push(context.Background(), src, "big")
 	var refused *refusedError
-	if !errors.As(err, &refused) || !strings.Contains(err.Error(), "does not fit") {
-		t.Fatalf("push = %v, want the guest's refusal", err)
+	if !errors.As(err, &refused) || !strings.Contains(err.Error(), "does not fit") || !errors.Is(err, sandbox.ErrNoRoom) {
+		t.Fatalf("push = %v, want the guest's refusal, ErrNoRoom", err)
 	}
 	// The port stays in step after a refusal.
 	small, want := artifact(t, 1000)

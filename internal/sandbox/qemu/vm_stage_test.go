@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"errors"
 	"os"
 	"strings"
 	"testing"
@@ -85,7 +86,7 @@ func testStage(t *testing.T, d *Driver) {
 
 	// The default guest (128 MiB) cannot hold 96 MiB in its tmpfs.
 	big, _ := artifact(t, 96<<20)
-	if _, err := st.Stage(ctx, big, "big"); err == nil || !strings.Contains(err.Error(), "does not fit") ||
+	if _, err := st.Stage(ctx, big, "big"); !errors.Is(err, sandbox.ErrNoRoom) || !strings.Contains(err.Error(), "does not fit") ||
 		!strings.Contains(err.Error(), "memsize_mib") {
 		t.Fatalf("staging 96 MiB into a 128 MiB guest: %v; want a clear refusal", err)
 	}

@@ -310,7 +310,7 @@ func (s *suite) testRefusesBadArtifacts(t *testing.T) {
 	}{
 		{"wrong hash", agentapi.Deploy{Hash: strings.Repeat("ab", 32)}, s.workload, "sha256"},
 		{"wrong size", agentapi.Deploy{Size: int64(len(text)) + 1}, text, "bytes"},
-		{"not executable", agentapi.Deploy{}, text, "exec format error"},
+		{"not executable", agentapi.Deploy{}, text, "cannot run here: not an executable"},
 		{"node has no artifact", agentapi.Deploy{Hash: strings.Repeat("ab", 32), Size: 1}, nil, "no artifact"},
 		{"unknown type", agentapi.Deploy{Type: "cobol"}, text, "cobol"},
 	}
