@@ -21,10 +21,14 @@ import (
 )
 
 // startReady starts a sandbox for a new agent of h and waits for its
-// handshake; the sandbox is stopped when the test ends.
-func startReady(t *testing.T, ctx context.Context, d *Driver, a *sandboxtest.Agent) sandbox.Sandbox {
+// handshake; the sandbox is stopped when the test ends. mod changes its
+// spec.
+func startReady(t *testing.T, ctx context.Context, d *Driver, a *sandboxtest.Agent, mod ...func(*sandbox.Spec)) sandbox.Sandbox {
 	t.Helper()
 	spec := a.Spec(t.TempDir())
+	for _, m := range mod {
+		m(&spec)
+	}
 	sb, err := d.Start(ctx, spec)
 	if err != nil {
 		t.Fatal(err)

@@ -8,12 +8,14 @@
 //	ignore-term         ignore SIGTERM and run until killed
 //	eat <MiB>           take and touch memory, MiB at a time, up to <MiB> in
 //	                    all, saying how much every 16 MiB; then exit 0
+//	cpus                print "cpus <n>", the CPUs it may run on; exit 0
 package main
 
 import (
 	"fmt"
 	"os"
 	"os/signal"
+	"runtime"
 	"sort"
 	"strconv"
 	"strings"
@@ -27,7 +29,7 @@ func main() {
 	fmt.Println("hello stdout")
 	fmt.Fprintln(os.Stderr, "hello stderr")
 	if len(os.Args) < 2 {
-		fmt.Fprintln(os.Stderr, "usage: workload exit <code> | echo <subject> | ignore-term")
+		fmt.Fprintln(os.Stderr, "usage: workload exit <code> | echo <subject> | ignore-term | eat <MiB> | cpus")
 		os.Exit(2)
 	}
 	switch os.Args[1] {
@@ -45,6 +47,8 @@ func main() {
 		echo(arg(2))
 	case "eat":
 		eat(arg(2))
+	case "cpus":
+		fmt.Printf("cpus %d\n", runtime.NumCPU())
 	case "ignore-term":
 		signal.Ignore(syscall.SIGTERM)
 		fmt.Println("ready")

@@ -1,0 +1,51 @@
+package qemu
+
+import (
+	"context"
+	"os"
+	"strings"
+	"testing"
+
+	"github.com/nex-engine/nex/internal/agentapi"
+	"github.com/nex-engine/nex/internal/sandbox"
+	"github.com/nex-engine/nex/internal/sandbox/sandboxtest"
+)
+
+// TestTwoVCPUs boots VMs of machine_template.vcpu_count 2, cold and
+// cloned: the workload in each runs on both CPUs. (Under TCG, QEMU runs
+// one host thread per vCPU; the clone's template is of the same shape.)
+func TestTwoVCPUs(t *testing.T) {
+	requireVM(t)
+	a := vmSetup(t)
+	wl, err := os.ReadFile(sandboxtest.BuildWorkload(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	inColdAndCloned(t, a, func(t *testing.T, d *Driver) {
+		ctx, cancel := context.WithTimeout(context.Background(), vmTimeout)
+		defer cancel()
+		h := sandboxtest.NewHarness(t)
+		ag := h.AddAgent("smp" + strings.ReplaceAll(t.Name(), "/", ""))
+		sb := startReady(t, ctx, d, ag, func(s *sandbox.Spec) { s.VCPU = 2 })
+		r, err := ag.Deploy(ctx, agentapi.Deploy{WorkloadID: "cpus", Name: "cpus", Namespace: "default",
+			Type: "native", Argv: []string{"cpus"}}, wl)
+		if err != nil || !r.OK {
+			t.Fatalf("deploy: %+v, %v", r, err)
+		}
+		e, err := ag.WaitEvent(ctx, agentapi.EventWorkloadExited)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if e.Code != 0 {
+			t.Fatalf("exit event = %+v", e)
+		}
+		if err := ag.WaitLog(ctx, "stdout", "cpus 2"); err != nil {
+			t.Fatalf("the workload did not see 2 CPUs: %v", err)
+		}
+		select {
+		case <-sb.Done():
+		case <-ctx.Done():
+			t.Fatal("the VM did not end after its workload")
+		}
+	})
+}
