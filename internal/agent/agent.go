@@ -264,7 +264,9 @@ func (a *agent) handshake(ctx context.Context) error {
 	}()
 	for wait := retryMin; ; wait = min(2*wait, retryMax) {
 		rctx, cancel := context.WithTimeout(ctx, handshakeTimeout)
+		sent := time.Now()
 		msg, err := a.nc.RequestWithContext(rctx, subject, body)
+		recv := time.Now()
 		cancel()
 		if err == nil {
 			var r agentapi.HandshakeReply
@@ -275,7 +277,7 @@ func (a *agent) handshake(ctx context.Context) error {
 				return fmt.Errorf("agent: handshake refused: %s", r.Error)
 			}
 			if a.o.PID1 {
-				a.resetClockAndEntropy(r)
+				a.resetClockAndEntropy(r, sent, recv)
 			}
 			a.log.Info("handshake accepted", "took", time.Since(a.started).Round(time.Millisecond))
 			return nil

@@ -389,7 +389,7 @@ func (n *Node) handle(id string) *sandboxHandle {
 func (n *Node) onHandshake(m *nats.Msg) {
 	id := sandboxIDOf(m.Subject)
 	var hs agentapi.Handshake
-	reply := agentapi.HandshakeReply{Now: time.Now().UTC(), Entropy: make([]byte, 32)}
+	reply := agentapi.HandshakeReply{Entropy: make([]byte, 32)}
 	_, _ = rand.Read(reply.Entropy)
 	h := n.handle(id)
 	switch err := json.Unmarshal(m.Data, &hs); {
@@ -402,6 +402,7 @@ func (n *Node) onHandshake(m *nats.Msg) {
 	default:
 		reply.OK = true
 	}
+	reply.Now = time.Now().UTC() // as late as can be: the agent sets its clock from it
 	b, _ := json.Marshal(reply)
 	_ = m.Respond(b)
 	if !reply.OK {

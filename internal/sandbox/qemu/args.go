@@ -60,9 +60,23 @@ const kernelCmdline = "console=ttyS0 quiet panic=-1 reboot=t cryptomgr.notests "
 //     and the agent handshakes but then never wakes from a timer (deploys
 //     and pings time out). nex's kernel boots from the MP table and checks
 //     the PIT's route ("..TIMER: vector=0x30 apic1=0 pin1=2").
+//   - tsc=reliable: without it the guest kept time with refined-jiffies,
+//     counting timer ticks (the TSC was listed but not used), and a tick
+//     that came late on a busy host was time lost: a clone fell 1.1 s
+//     behind the host in 95 s while the host compiled a kernel. Under TCG
+//     the guest's TSC is the host's plus an offset, so it is as good as the
+//     host's clock; with it the same clone kept within 10 ms over 105 s.
+//     On KVM the guest takes kvm-clock and this changes nothing.
+//   - highres=off nohz=off, with noapictimer: a kernel with a clocksource
+//     fit for high resolution switches its tick to one-shot mode, which
+//     with the PIT as the timer means reprogramming it, port I/O that is
+//     slow here, for every timer: a deploy's first reply took 10–25 % longer
+//     on nex's kernel once it kept the TSC. These keep the periodic tick it
+//     had with refined-jiffies. Debian's kernel programs its APIC timer,
+//     which is cheap, and its first reply came 15 % sooner with the TSC.
 const (
-	tcgCmdline         = "noreplace-smp"
-	tcgUPNoACPICmdline = "noapictimer"
+	tcgCmdline         = "noreplace-smp tsc=reliable"
+	tcgUPNoACPICmdline = "noapictimer highres=off nohz=off"
 )
 
 // tbSizeMiB bounds TCG's translation cache. QEMU's default is 1 GiB, filled

@@ -9,6 +9,8 @@
 //	eat <MiB>           take and touch memory, MiB at a time, up to <MiB> in
 //	                    all, saying how much every 16 MiB; then exit 0
 //	cpus                print "cpus <n>", the CPUs it may run on; exit 0
+//	clock <n>           print "clocksource <name>" (the kernel's), then
+//	                    "now <Unix ns>" once a second, n times; exit 0
 package main
 
 import (
@@ -29,7 +31,7 @@ func main() {
 	fmt.Println("hello stdout")
 	fmt.Fprintln(os.Stderr, "hello stderr")
 	if len(os.Args) < 2 {
-		fmt.Fprintln(os.Stderr, "usage: workload exit <code> | echo <subject> | ignore-term | eat <MiB> | cpus")
+		fmt.Fprintln(os.Stderr, "usage: workload exit <code> | echo <subject> | ignore-term | eat <MiB> | cpus | clock <n>")
 		os.Exit(2)
 	}
 	switch os.Args[1] {
@@ -49,6 +51,16 @@ func main() {
 		eat(arg(2))
 	case "cpus":
 		fmt.Printf("cpus %d\n", runtime.NumCPU())
+	case "clock":
+		n, _ := strconv.Atoi(arg(2))
+		src, _ := os.ReadFile("/sys/devices/system/clocksource/clocksource0/current_clocksource")
+		fmt.Printf("clocksource %s\n", strings.TrimSpace(string(src)))
+		for i := 0; i < n; i++ {
+			if i > 0 {
+				time.Sleep(time.Second)
+			}
+			fmt.Printf("now %d\n", time.Now().UnixNano())
+		}
 	case "ignore-term":
 		signal.Ignore(syscall.SIGTERM)
 		fmt.Println("ready")
