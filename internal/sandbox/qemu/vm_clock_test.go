@@ -54,11 +54,7 @@ func TestGuestClocksource(t *testing.T) {
 			time.Sleep(100 * time.Millisecond)
 		}
 		before := time.Now()
-		r, err := ag.Deploy(ctx, agentapi.Deploy{WorkloadID: "clock", Name: "clock", Namespace: "default",
-			Type: "native", Argv: []string{"clock", "1"}}, wl)
-		if err != nil || !r.OK {
-			t.Fatalf("deploy: %+v, %v", r, err)
-		}
+		deployWorkload(t, ctx, ag, wl, "clock", "1")
 		want := "tsc"
 		if d.accel.Accel == accel.KVM {
 			want = "kvm-clock"
@@ -137,11 +133,7 @@ func BenchmarkGuestClock(b *testing.B) {
 		if err := h.Node.Flush(); err != nil {
 			b.Fatal(err)
 		}
-		r, err := ag.Deploy(ctx, agentapi.Deploy{WorkloadID: "clock", Name: "clock", Namespace: "default",
-			Type: "native", Argv: []string{"clock", strconv.Itoa(lines)}}, wl)
-		if err != nil || !r.OK {
-			b.Fatalf("deploy: %+v, %v", r, err)
-		}
+		deployWorkload(b, ctx, ag, wl, "clock", strconv.Itoa(lines))
 		if _, err := ag.WaitEvent(ctx, agentapi.EventWorkloadExited); err != nil {
 			b.Fatal(err)
 		}

@@ -28,11 +28,7 @@ func TestWorkloadOutOfMemory(t *testing.T) {
 		h := sandboxtest.NewHarness(t)
 		ag := h.AddAgent("oom" + strings.ReplaceAll(t.Name(), "/", ""))
 		sb := startReady(t, ctx, d, ag)
-		r, err := ag.Deploy(ctx, agentapi.Deploy{WorkloadID: "eater", Name: "eater", Namespace: "default",
-			Type: "native", Argv: []string{"eat", "1024"}}, wl)
-		if err != nil || !r.OK {
-			t.Fatalf("deploy: %+v, %v", r, err)
-		}
+		deployWorkload(t, ctx, ag, wl, "eat", "1024")
 		e, err := ag.WaitEvent(ctx, agentapi.EventWorkloadExited)
 		if err != nil {
 			t.Fatal(err)
@@ -54,4 +50,15 @@ func TestWorkloadOutOfMemory(t *testing.T) {
 		}
 		t.Logf("exit: %s", e.Message)
 	})
+}
+
+// deployWorkload deploys the suite's workload (wl) into ag's sandbox with
+// argv, named for argv[0], and fails tb unless it started.
+func deployWorkload(tb testing.TB, ctx context.Context, ag *sandboxtest.Agent, wl []byte, argv ...string) {
+	tb.Helper()
+	r, err := ag.Deploy(ctx, agentapi.Deploy{WorkloadID: argv[0], Name: argv[0], Namespace: "default",
+		Type: "native", Argv: argv}, wl)
+	if err != nil || !r.OK {
+		tb.Fatalf("deploy %v: %+v, %v", argv, r, err)
+	}
 }

@@ -27,11 +27,7 @@ func TestTwoVCPUs(t *testing.T) {
 		h := sandboxtest.NewHarness(t)
 		ag := h.AddAgent("smp" + strings.ReplaceAll(t.Name(), "/", ""))
 		sb := startReady(t, ctx, d, ag, func(s *sandbox.Spec) { s.VCPU = 2 })
-		r, err := ag.Deploy(ctx, agentapi.Deploy{WorkloadID: "cpus", Name: "cpus", Namespace: "default",
-			Type: "native", Argv: []string{"cpus"}}, wl)
-		if err != nil || !r.OK {
-			t.Fatalf("deploy: %+v, %v", r, err)
-		}
+		deployWorkload(t, ctx, ag, wl, "cpus")
 		e, err := ag.WaitEvent(ctx, agentapi.EventWorkloadExited)
 		if err != nil {
 			t.Fatal(err)
