@@ -103,7 +103,11 @@ func EventsSubject(id string) string    { return SubjectRoot(id) + ".out.events"
 // OutputSubject matches an agent's logs and events together, so a node that
 // subscribes to it sees them in the order the agent sent them (the last log
 // lines before the exit event). id may be "*".
-func OutputSubject(id string) string  { return SubjectRoot(id) + ".out.*" }
+func OutputSubject(id string) string { return SubjectRoot(id) + ".out.*" }
+
+// BarrierSubject is the node's own marker among an agent's output: handled
+// after everything that subscription got before it.
+func BarrierSubject(id string) string { return SubjectRoot(id) + ".out.barrier" }
 func TriggerSubject(id string) string { return SubjectRoot(id) + ".trigger" }
 func InboxPrefix(id string) string    { return "_INBOX_" + id }
 

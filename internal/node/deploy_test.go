@@ -7,8 +7,10 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -520,4 +522,46 @@ func TestStopDuringFetchKeepsArtifactReferences(t *testing.T) {
 	w := h.workload(first.ID)
 	h.node.undeploy(h.ctx(), w, "test")
 	eventually(t, 10*time.Second, "no artifact in use", func() bool { return h.node.artifacts.inUse() == 0 })
+}
+
+// TestLogFlood: a workload that writes 200,000 lines as fast as it can
+// gets every one of them to the control plane and ends as it meant to
+// (exit 0). Its agent ends right after it, while the node is still working
+// through its output: that end is not a sandbox that died.
+func TestLogFlood(t *testing.T) {
+	_, wl := binaries(t)
+	testLogFlood(t, newHarness(t, nil), wl, 200_000)
+}
+
+func testLogFlood(t *testing.T, h *harness, wl string, lines int) {
+	data, err := os.ReadFile(wl)
+	if err != nil {
+		t.Fatal(err)
+	}
+	hash := h.upload("flood", data)
+	evs := h.events("$NEX.events.default.*")
+	var got atomic.Int64
+	lsub, err := h.nc.Subscribe("$NEX.logs.default.>", func(m *nats.Msg) {
+		var e api.LogEntry
+		if json.Unmarshal(m.Data, &e) == nil && (strings.HasPrefix(e.Text, "line ") || strings.HasPrefix(e.Text, "flooded ")) {
+			got.Add(1)
+		}
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer lsub.Unsubscribe()
+	_ = lsub.SetPendingLimits(-1, -1) // the test's own subscription must not be what drops
+	run, err := h.deploy(h.deployRequest("flood", "flood", hash, nil, "flood", strconv.Itoa(lines)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var und api.WorkloadUndeployedEvent
+	eventually(t, 2*time.Minute, "the workload to end", func() bool {
+		return evs.last(api.EventWorkloadUndeployed, &und) && und.WorkloadID == run.ID
+	})
+	if und.Code != 0 {
+		t.Fatalf("workload_undeployed %+v; want exit 0", und)
+	}
+	eventually(t, 30*time.Second, "every line", func() bool { return got.Load() == int64(lines)+1 })
 }

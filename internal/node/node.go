@@ -91,6 +91,8 @@ type Node struct {
 	// with it (restage, woken by restageKick).
 	lastStaged  string
 	restageKick chan struct{}
+	// barriers are awaitOutput's markers still on their way, by token.
+	barriers map[string]chan struct{}
 
 	// testHookBeforeAgentDeploy lets tests inject faults between taking a
 	// sandbox and handing it the workload, and see (or spoil) the request.
@@ -191,7 +193,19 @@ func (n *Node) Start() error {
 	}
 	n.internal = in
 	n.log.Info("Internal NATS server started", "client_url", in.ClientURL())
-	if n.inc, err = in.ConnectNode("nex-node-" + n.id[:8]); err != nil {
+	if n.inc, err = in.ConnectNode("nex-node-"+n.id[:8],
+		nats.ErrorHandler(func(_ *nats.Conn, sub *nats.Subscription, err error) {
+			subject := ""
+			if sub != nil {
+				subject = sub.Subject
+			}
+			n.log.Warn("internal NATS", "subject", subject, "error", err)
+		}),
+		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
+			if err != nil {
+				n.log.Warn("internal NATS: disconnected", "error", err)
+			}
+		})); err != nil {
 		n.shutdownInternal()
 		return fmt.Errorf("connect to internal NATS: %w", err)
 	}

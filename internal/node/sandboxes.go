@@ -35,7 +35,10 @@ type sandboxHandle struct {
 	mu       sync.Mutex
 	workload *workload // set when bound
 	gone     bool      // discarded: death is expected
-	missed   int       // consecutive failed pings
+	// exitReported: the agent reported its workload's end; the report is
+	// being handled (agentReportedExit), so the sandbox's end is expected.
+	exitReported bool
+	missed       int // consecutive failed pings
 	// prestaged is the artifact staged into the sandbox while it waits for
 	// a deploy (prestage, restage); zero when none. Read and set it with
 	// ahead and setAhead.
@@ -131,6 +134,10 @@ func exitedBeforeHandshake(id string, sb sandbox.Sandbox) error {
 	}
 	return errors.New(msg)
 }
+
+// outputWait bounds how long a sandbox's death waits for the output its
+// agent sent before (awaitOutput).
+const outputWait = 30 * time.Second
 
 // consoleTailLines is how much of a dead guest's console an error quotes.
 const consoleTailLines = 5
@@ -303,8 +310,21 @@ func (h *sandboxHandle) watch() {
 		return
 	}
 	n := h.n
+	if w != nil {
+		n.awaitOutput(h.id, outputWait)
+		h.mu.Lock()
+		reported := h.exitReported
+		h.mu.Unlock()
+		if reported { // an agent that ended after its workload, as it does
+			h.Discard()
+			return
+		}
+	}
 	reason := fmt.Sprintf("sandbox exited: %v", h.sb.Err())
-	n.log.Warn("sandbox died", keyVMID, h.id, "error", h.sb.Err())
+	if tail := sandbox.ConsoleTail(h.sb, consoleTailLines); tail != "" {
+		reason += "; its console ended with: " + tail
+	}
+	n.log.Warn("sandbox died", keyVMID, h.id, "error", h.sb.Err(), "console", sandbox.ConsoleTail(h.sb, consoleTailLines))
 	n.pub.Emit(api.SystemNamespace, api.EventAgentStopped, api.AgentStoppedEvent{Message: reason, Code: -1, SandboxID: h.id})
 	if n.pool.Remove(h) {
 		h.Discard()
@@ -464,6 +484,44 @@ func (n *Node) onAgentOutput(m *nats.Msg) {
 		n.onLog(m)
 	case "events":
 		n.onAgentEvent(m)
+	case "barrier":
+		n.mu.Lock()
+		ch := n.barriers[string(m.Data)]
+		delete(n.barriers, string(m.Data))
+		n.mu.Unlock()
+		if ch != nil {
+			close(ch)
+		}
+	}
+}
+
+// awaitOutput returns once the node has handled what agent id had sent
+// before now, or after d. An agent reports its workload's end, then ends;
+// its process can be seen gone while that report still waits behind the
+// workload's last output (200,000 log lines take seconds), so a sandbox's
+// death is judged after it.
+func (n *Node) awaitOutput(id string, d time.Duration) {
+	token := nuid.Next()
+	ch := make(chan struct{})
+	n.mu.Lock()
+	if n.barriers == nil {
+		n.barriers = map[string]chan struct{}{}
+	}
+	n.barriers[token] = ch
+	n.mu.Unlock()
+	defer func() {
+		n.mu.Lock()
+		delete(n.barriers, token)
+		n.mu.Unlock()
+	}()
+	if err := n.inc.Publish(agentapi.BarrierSubject(id), []byte(token)); err != nil {
+		return
+	}
+	select {
+	case <-ch:
+	case <-time.After(d):
+		n.log.Warn("agent output not handled in time", keyVMID, id, "waited", d)
+	case <-n.ctx.Done():
 	}
 }
 
@@ -511,6 +569,9 @@ func (n *Node) onAgentEvent(m *nats.Msg) {
 	if ev.OutOfMemory && !sandbox.IsUnsafe(n.o.Driver) {
 		msg += fmt.Sprintf("; the VM has %d MiB (machine_template.memsize_mib)", n.cfg.MachineTemplate.MemSizeMiB)
 	}
+	h.mu.Lock()
+	h.exitReported = true // before watch's barrier comes back (awaitOutput)
+	h.mu.Unlock()
 	go n.agentReportedExit(w, h, ev.Code, msg)
 }
 

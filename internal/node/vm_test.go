@@ -114,3 +114,13 @@ func TestVMRefusesArtifactTooBig(t *testing.T) {
 		t.Fatalf("deploy without staging: %v; want the agent's refusal", err)
 	}
 }
+
+// TestVMLogFlood: a workload in a VM that writes 50,000 lines as fast as it
+// can gets every one of them to the control plane and ends with its own
+// exit code, though its agent ends (and the VM powers off) while the node
+// still works through its output.
+func TestVMLogFlood(t *testing.T) {
+	img, wl := vmImage(t)
+	h := newVMNode(t, img, true, true)
+	testLogFlood(t, h, wl, 50_000)
+}

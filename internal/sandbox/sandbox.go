@@ -7,6 +7,10 @@ package sandbox
 import (
 	"context"
 	"errors"
+	"io"
+	"os"
+	"regexp"
+	"strings"
 	"time"
 
 	"github.com/nex-engine/nex/internal/agentapi"
@@ -157,4 +161,33 @@ var ErrNoRoom = errors.New("the file does not fit in the sandbox")
 func IsUnsafe(d Driver) bool {
 	u, ok := d.(Unsafe)
 	return ok && u.Unsafe()
+}
+
+// tailBytes is how much of a log's end FileTail reads.
+const tailBytes = 16 << 10
+
+// controlSeq matches terminal control sequences (SeaBIOS resets and clears
+// the screen with them: ESC c, ESC [2J) and other control bytes but tab.
+var controlSeq = regexp.MustCompile(`\x1b\[[0-9;?]*[ -/]*[@-~]|\x1b[@-~]|[\x00-\x08\x0b-\x1f\x7f]`)
+
+// FileTail returns at most n of the last non-blank lines of the log at
+// path (a guest's console, an agent's output), joined by " | ", without
+// control sequences; "" when there is no such file or nothing in it.
+func FileTail(path string, n int) string {
+	f, err := os.Open(path)
+	if err != nil {
+		return ""
+	}
+	defer f.Close()
+	if st, err := f.Stat(); err == nil && st.Size() > tailBytes {
+		_, _ = f.Seek(st.Size()-tailBytes, io.SeekStart)
+	}
+	b, _ := io.ReadAll(io.LimitReader(f, tailBytes))
+	var lines []string
+	for _, l := range strings.Split(string(b), "\n") {
+		if l = strings.TrimSpace(controlSeq.ReplaceAllString(l, "")); l != "" {
+			lines = append(lines, l)
+		}
+	}
+	return strings.Join(lines[max(0, len(lines)-n):], " | ")
 }

@@ -126,6 +126,7 @@ func (d *Driver) Start(ctx context.Context, spec sandbox.Spec) (sandbox.Sandbox,
 	s := &Sandbox{
 		id:      spec.ID,
 		work:    work,
+		logPath: filepath.Join(spec.Dir, LogFile),
 		cmd:     cmd,
 		timeout: d.cfg.StopTimeout,
 		done:    make(chan struct{}),
@@ -145,6 +146,7 @@ func (d *Driver) Start(ctx context.Context, spec sandbox.Spec) (sandbox.Sandbox,
 type Sandbox struct {
 	id      string
 	work    string // the agent's work dir
+	logPath string // the agent's output
 	pid     int
 	cmd     *exec.Cmd
 	timeout time.Duration
@@ -157,9 +159,13 @@ type Sandbox struct {
 }
 
 var (
-	_ sandbox.Sandbox = (*Sandbox)(nil)
-	_ sandbox.Stager  = (*Sandbox)(nil)
+	_ sandbox.Sandbox       = (*Sandbox)(nil)
+	_ sandbox.Stager        = (*Sandbox)(nil)
+	_ sandbox.ConsoleTailer = (*Sandbox)(nil)
 )
+
+// ConsoleTail implements sandbox.ConsoleTailer with the agent's output.
+func (s *Sandbox) ConsoleTail(n int) string { return sandbox.FileTail(s.logPath, n) }
 
 // Stage implements sandbox.Stager with a hard link when the node's store
 // and the sandbox share a filesystem, else a copy. Sharing the inode gives

@@ -4,11 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
-	"os"
 	"os/exec"
-	"regexp"
 	"strings"
 	"sync/atomic"
 	"syscall"
@@ -183,36 +180,13 @@ func (p *Process) Stop(ctx context.Context, ask func(context.Context) error, ask
 	}
 }
 
-// consoleTailBytes is how much of a console log's end ConsoleTail reads.
-const consoleTailBytes = 16 << 10
-
-// controlSeq matches terminal control sequences (SeaBIOS resets and clears
-// the screen with them: ESC c, ESC [2J) and other control bytes but tab.
-var controlSeq = regexp.MustCompile(`\x1b\[[0-9;?]*[ -/]*[@-~]|\x1b[@-~]|[\x00-\x08\x0b-\x1f\x7f]`)
-
 // ConsoleTail returns at most n of the guest console's last non-blank
-// lines, joined by " | ", without control sequences; "" when there is no
-// console or nothing in it.
+// lines (sandbox.FileTail); "" when there is no console or nothing in it.
 func (p *Process) ConsoleTail(n int) string {
 	if p == nil || p.o.Console == "" {
 		return ""
 	}
-	f, err := os.Open(p.o.Console)
-	if err != nil {
-		return ""
-	}
-	defer f.Close()
-	if st, err := f.Stat(); err == nil && st.Size() > consoleTailBytes {
-		_, _ = f.Seek(st.Size()-consoleTailBytes, io.SeekStart)
-	}
-	b, _ := io.ReadAll(io.LimitReader(f, consoleTailBytes))
-	var lines []string
-	for _, l := range strings.Split(string(b), "\n") {
-		if l = strings.TrimSpace(controlSeq.ReplaceAllString(l, "")); l != "" {
-			lines = append(lines, l)
-		}
-	}
-	return strings.Join(lines[max(0, len(lines)-n):], " | ")
+	return sandbox.FileTail(p.o.Console, n)
 }
 
 // lastLine is the last non-blank line of s.

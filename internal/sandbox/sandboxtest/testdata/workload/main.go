@@ -11,9 +11,12 @@
 //	cpus                print "cpus <n>", the CPUs it may run on; exit 0
 //	clock <n>           print "clocksource <name>" (the kernel's), then
 //	                    "now <Unix ns>" once a second, n times; exit 0
+//	flood <n>           print n lines of 100 bytes as fast as it can, then
+//	                    "flooded <n>"; exit 0
 package main
 
 import (
+	"bufio"
 	"fmt"
 	"os"
 	"os/signal"
@@ -31,7 +34,7 @@ func main() {
 	fmt.Println("hello stdout")
 	fmt.Fprintln(os.Stderr, "hello stderr")
 	if len(os.Args) < 2 {
-		fmt.Fprintln(os.Stderr, "usage: workload exit <code> | echo <subject> | ignore-term | eat <MiB> | cpus | clock <n>")
+		fmt.Fprintln(os.Stderr, "usage: workload exit <code> | echo <subject> | ignore-term | eat <MiB> | cpus | clock <n> | flood <n>")
 		os.Exit(2)
 	}
 	switch os.Args[1] {
@@ -61,6 +64,14 @@ func main() {
 			}
 			fmt.Printf("now %d\n", time.Now().UnixNano())
 		}
+	case "flood":
+		n, _ := strconv.Atoi(arg(2))
+		w := bufio.NewWriterSize(os.Stdout, 64<<10)
+		for i := range n {
+			fmt.Fprintf(w, "line %8d %s\n", i, strings.Repeat("x", 85))
+		}
+		w.Flush()
+		fmt.Printf("flooded %d\n", n)
 	case "ignore-term":
 		signal.Ignore(syscall.SIGTERM)
 		fmt.Println("ready")
