@@ -1,6 +1,7 @@
 package cli
 
 import (
+	"errors"
 	"fmt"
 	"strings"
 
@@ -20,7 +21,15 @@ func (g *Globals) URL() string {
 
 // NATSOptions turns the global connection flags into nats.go options.
 func (g *Globals) NATSOptions(name string) ([]nats.Option, error) {
-	opts := []nats.Option{nats.Name(name), nats.Timeout(g.Timeout.D())}
+	opts := []nats.Option{nats.Name(name), nats.Timeout(g.Timeout.D()),
+		// Without a handler nats.go prints its asynchronous errors raw; a
+		// slow consumer is reported by the watch that dropped (controlclient).
+		nats.ErrorHandler(func(_ *nats.Conn, _ *nats.Subscription, err error) {
+			if !errors.Is(err, nats.ErrSlowConsumer) {
+				fmt.Fprintf(g.Stderr(), "nex: %v\n", err)
+			}
+		}),
+	}
 	if g.Creds != "" {
 		opts = append(opts, nats.UserCredentials(g.Creds))
 	}

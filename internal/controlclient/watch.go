@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"time"
 
 	"github.com/nats-io/nats.go"
 
@@ -90,6 +91,8 @@ func (c *Client) SubscribeEvents(ctx context.Context, f EventFilter, fn func(Eve
 			ev.Err = fmt.Errorf("decode event on %s: %w", m.Subject, err)
 		}
 		fn(ev)
+	}, func(n int) {
+		fn(Event{Err: fmt.Errorf("%d events dropped: this client took them too slowly", n)})
 	})
 }
 
@@ -122,8 +125,9 @@ type LogLine struct {
 }
 
 // SubscribeLogs calls fn for each log line matching f until the Watch is
-// stopped; like SubscribeEvents, it is live when it returns. Lines from
-// both subjects arrive on one goroutine, in order.
+// stopped; like SubscribeEvents, it is live when it returns. fn runs on one
+// goroutine; the lines of each subject come in order (a workload's lines
+// use one subject). A flood waits for fn; see watch for the bound.
 func (c *Client) SubscribeLogs(ctx context.Context, f LogFilter, fn func(LogLine)) (*Watch, error) {
 	return c.watch(ctx, f.Subjects(), func(m *nats.Msg) {
 		l := LogLine{Subject: m.Subject, Raw: m.Data, Name: api.Token(m.Subject, tokLogName)}
@@ -142,27 +146,54 @@ func (c *Client) SubscribeLogs(ctx context.Context, f LogFilter, fn func(LogLine
 			l.Entry.WorkloadID = api.Token(m.Subject, tokLogID)
 		}
 		fn(l)
+	}, func(n int) {
+		fn(LogLine{Err: fmt.Errorf("%d log lines dropped: this client took them too slowly", n)})
 	})
 }
 
-// watch subscribes to subjects with one delivery channel so that handlers
-// never run concurrently, and flushes so the subscription is live on return.
-func (c *Client) watch(ctx context.Context, subjects []string, handle func(*nats.Msg)) (*Watch, error) {
-	ch := make(chan *nats.Msg, 1024)
+// watchPendingBytes bounds what a Watch holds that its handler has not
+// taken yet. A workload that floods its log sends faster than a terminal
+// prints; until this bound, nothing is lost.
+var watchPendingBytes = 256 << 20
+
+// watch subscribes to subjects and hands their messages to handle on one
+// goroutine, so that handlers never run concurrently; it flushes so the
+// subscription is live on return. Messages wait in each subscription's
+// queue (up to watchPendingBytes) while handle is busy; if more come, the
+// client drops them, and dropped is called with how many, once a second
+// at most, on handle's goroutine.
+func (c *Client) watch(ctx context.Context, subjects []string, handle func(*nats.Msg), dropped func(n int)) (*Watch, error) {
+	ch := make(chan *nats.Msg)
 	w := &Watch{done: make(chan struct{}), exited: make(chan struct{})}
 	go func() {
 		defer close(w.exited)
+		tick := time.NewTicker(time.Second)
+		defer tick.Stop()
+		reported := 0
 		for {
 			select {
 			case m := <-ch:
 				handle(m)
+			case <-tick.C:
+				if n := w.dropped(); n > reported {
+					dropped(n - reported)
+					reported = n
+				}
 			case <-w.done:
 				return
 			}
 		}
 	}()
 	for _, s := range subjects {
-		sub, err := c.nc.ChanSubscribe(s, ch)
+		sub, err := c.nc.Subscribe(s, func(m *nats.Msg) {
+			select {
+			case ch <- m:
+			case <-w.done:
+			}
+		})
+		if err == nil {
+			err = sub.SetPendingLimits(-1, watchPendingBytes)
+		}
 		if err != nil {
 			w.Stop()
 			return nil, fmt.Errorf("subscribe %s: %w", s, err)
@@ -176,6 +207,17 @@ func (c *Client) watch(ctx context.Context, subjects []string, handle func(*nats
 		return nil, fmt.Errorf("subscribe %v: %w", subjects, err)
 	}
 	return w, nil
+}
+
+// dropped is how many messages the client dropped for w's subscriptions.
+func (w *Watch) dropped() int {
+	n := 0
+	for _, s := range w.subs {
+		if d, err := s.Dropped(); err == nil {
+			n += d
+		}
+	}
+	return n
 }
 
 func wild(s string) string {

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"slices"
 	"strings"
 	"testing"
@@ -101,12 +102,17 @@ func TestSubscribeLogsWithAndWithoutName(t *testing.T) {
 	line(api.LogSubject("default", "NNODE", "w1", "echo"), "named")
 	line(api.LogSubject("default", "NNODE", "w1", ""), "unnamed")
 
+	// One line from each subject, in either order (each subject's lines
+	// keep theirs; a workload's use one subject).
 	a, b := got.next(t), got.next(t)
+	if a.Entry.Text == "unnamed" {
+		a, b = b, a
+	}
 	if a.Entry.Text != "named" || a.Name != "echo" || a.Entry.WorkloadID != "w1" {
-		t.Fatalf("first line = %+v", a)
+		t.Fatalf("named line = %+v", a)
 	}
 	if b.Entry.Text != "unnamed" || b.Name != "" {
-		t.Fatalf("second line = %+v", b)
+		t.Fatalf("unnamed line = %+v", b)
 	}
 	if err := w.Stop(); err != nil {
 		t.Fatal(err)
@@ -122,5 +128,75 @@ func TestSubscribeLogsWithAndWithoutName(t *testing.T) {
 			t.Fatalf("delivered after Stop: %+v", l)
 		}
 	default:
+	}
+}
+
+// TestSubscribeLogsKeepsAFlood: 100,000 lines published while the handler
+// is busy all arrive, in order; once more than watchPendingBytes wait, the
+// rest are dropped, and the handler is told how many.
+func TestSubscribeLogsKeepsAFlood(t *testing.T) {
+	const lines = 100_000
+	for _, tc := range []struct {
+		name    string
+		pending int
+		lost    bool
+	}{{"all kept", watchPendingBytes, false}, {"over the bound", 1 << 20, true}} {
+		t.Run(tc.name, func(t *testing.T) {
+			saved := watchPendingBytes
+			watchPendingBytes = tc.pending
+			defer func() { watchPendingBytes = saved }()
+			nc := startServer(t)
+			c := New(nc)
+			gate := make(chan struct{})
+			var got, dropped int
+			next := 0
+			inOrder := true
+			done := make(chan struct{})
+			w, err := c.SubscribeLogs(context.Background(), LogFilter{WorkloadID: "w1"}, func(l LogLine) {
+				<-gate
+				if l.Err != nil {
+					var n int
+					if _, err := fmt.Sscanf(l.Err.Error(), "%d log lines dropped", &n); err == nil {
+						dropped += n
+					}
+				} else {
+					var i int
+					_, _ = fmt.Sscanf(l.Entry.Text, "line %d", &i)
+					inOrder = inOrder && (tc.lost || i == next)
+					next = i + 1
+					got++
+				}
+				if got+dropped == lines {
+					close(done)
+				}
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer w.Stop()
+			pub := connect(t, nc.ConnectedUrl())
+			for i := range lines {
+				b, _ := json.Marshal(api.LogEntry{Namespace: "default", NodeID: "NNODE", WorkloadID: "w1",
+					Timestamp: time.Now(), Text: fmt.Sprintf("line %d %s", i, strings.Repeat("x", 80))})
+				if err := pub.Publish(api.LogSubject("default", "NNODE", "w1", "flood"), b); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if err := pub.Flush(); err != nil {
+				t.Fatal(err)
+			}
+			close(gate)
+			select {
+			case <-done:
+			case <-time.After(30 * time.Second):
+				t.Fatalf("%d lines delivered, %d reported dropped, of %d", got, dropped, lines)
+			}
+			switch {
+			case !tc.lost && (got != lines || !inOrder):
+				t.Fatalf("%d of %d lines (in order: %v)", got, lines, inOrder)
+			case tc.lost && dropped == 0:
+				t.Fatalf("%d of %d lines and no drop reported", got, lines)
+			}
+		})
 	}
 }
