@@ -55,6 +55,9 @@ func (c *NodePreflightCmd) Run(ctx context.Context, g *Globals) error {
 	switch {
 	case r.OK():
 		fmt.Fprintf(out, "ready: nex node up --sandbox %s will start\n", cfg.Sandbox)
+		if !c.Yes && r.Fixable(checks) {
+			fmt.Fprintln(out, "run again with --yes to apply the fixes for the warnings above")
+		}
 		return nil
 	case cfg.Sandbox == config.SandboxAuto:
 		// auto falls back to the process sandbox; the node still starts.

@@ -161,10 +161,11 @@ func (r Report) Warnings() []sandbox.Check {
 	return w
 }
 
-// Fixable reports whether a failed check of r has a fix RunAndFix can run.
+// Fixable reports whether a failed check of r, or one that warns, has a fix
+// RunAndFix can run.
 func (r Report) Fixable(checks []Check) bool {
 	for i, c := range r {
-		if !c.OK && i < len(checks) && checks[i].Fix != nil {
+		if (!c.OK || c.Warning) && i < len(checks) && checks[i].Fix != nil {
 			return true
 		}
 	}
@@ -180,14 +181,15 @@ func Run(ctx context.Context, checks []Check) Report {
 	return r
 }
 
-// RunAndFix runs every check; a failed one that has a Fix is fixed and
-// checked again. Fixes run in order, so a later check sees what an earlier
-// fix did (the initramfs check passes once the kernel's fix built the image).
+// RunAndFix runs every check; a failed one, or one that warns (an image of
+// an older nex), that has a Fix is fixed and checked again. Fixes run in
+// order, so a later check sees what an earlier fix did (the initramfs check
+// passes once the kernel's fix built the image).
 func RunAndFix(ctx context.Context, checks []Check, w io.Writer) Report {
 	r := make(Report, 0, len(checks))
 	for _, c := range checks {
 		res := c.run(ctx)
-		if !res.OK && c.Fix != nil {
+		if (!res.OK || res.Warning) && c.Fix != nil {
 			fmt.Fprintf(w, "→ fixing %s\n", c.Name)
 			if err := c.Fix(ctx, w); err != nil {
 				res.Info = fmt.Sprintf("%s; the fix failed: %v", res.Info, err)

@@ -4,9 +4,11 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
@@ -288,5 +290,34 @@ func TestBuildImageTakesTheCompiledKernel(t *testing.T) {
 	got, err := os.ReadFile(k)
 	if err != nil || initrd == "" || !bytes.Equal(got, kernel) {
 		t.Fatalf("image %s, %s (%v): not the compiled kernel\n%s", k, initrd, err, out.String())
+	}
+}
+
+// TestRunAndFixFixesWarnings: --yes applies the fix of a check that passes
+// with a warning (an image of an older nex, after an upgrade), as it does a
+// failed check's; a check that passes plainly is left alone.
+func TestRunAndFixFixesWarnings(t *testing.T) {
+	stale := true
+	var fixed []string
+	fix := func(name string) func(context.Context, io.Writer) error {
+		return func(context.Context, io.Writer) error {
+			fixed = append(fixed, name)
+			stale = false
+			return nil
+		}
+	}
+	checks := []Check{
+		{Name: "fine", Fix: fix("fine"), Run: func(context.Context) sandbox.Check { return sandbox.Check{OK: true} }},
+		{Name: "stale", Fix: fix("stale"), Run: func(context.Context) sandbox.Check {
+			return sandbox.Check{OK: true, Warning: stale, Info: fmt.Sprintf("stale=%v", stale)}
+		}},
+	}
+	if r := Run(context.Background(), checks); !r.Fixable(checks) || len(r.Warnings()) != 1 {
+		t.Fatalf("before: fixable %v, warnings %+v", r.Fixable(checks), r.Warnings())
+	}
+	var out strings.Builder
+	r := RunAndFix(context.Background(), checks, &out)
+	if !slices.Equal(fixed, []string{"stale"}) || len(r.Warnings()) != 0 || !strings.Contains(out.String(), "→ fixing stale") {
+		t.Fatalf("fixed %v, warnings after %+v, output %q", fixed, r.Warnings(), out.String())
 	}
 }
