@@ -565,3 +565,46 @@ func testLogFlood(t *testing.T, h *harness, wl string, lines int) {
 	}
 	eventually(t, 30*time.Second, "every line", func() bool { return got.Load() == int64(lines)+1 })
 }
+
+// TestSilentAgentIsDead: an agent that answers no pings is taken for dead
+// after three, and its workload ended; unless it is sending its workload's
+// output meanwhile, which a ping's answer can be held up behind.
+func TestSilentAgentIsDead(t *testing.T) {
+	h := newHarness(t, func(c *config.Config) { c.AgentPingInterval = config.Duration(2 * time.Second) })
+	_, wl := binaries(t)
+	data, _ := os.ReadFile(wl)
+	hash := h.upload("wl", data)
+	evs := h.events("$NEX.events.default.*")
+	h.node.testPingsFail.Store(true)
+	// One line a second, for 8 s (four ping intervals): alive.
+	chatty, err := h.deploy(h.deployRequest("chatty", "wl", hash, nil, "clock", "8"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	silent, err := h.deploy(h.deployRequest("silent", "wl", hash, nil, "ignore-term"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ended := func(id string) (api.WorkloadUndeployedEvent, bool) {
+		evs.mu.Lock()
+		defer evs.mu.Unlock()
+		for _, e := range evs.evs {
+			var u api.WorkloadUndeployedEvent
+			if e.Type == api.EventWorkloadUndeployed && json.Unmarshal(e.Data, &u) == nil && u.WorkloadID == id {
+				return u, true
+			}
+		}
+		return api.WorkloadUndeployedEvent{}, false
+	}
+	eventually(t, 30*time.Second, "the silent one to be taken for dead", func() bool {
+		u, ok := ended(silent.ID)
+		return ok && u.Message == "agent stopped answering pings"
+	})
+	eventually(t, 30*time.Second, "the chatty one to end by itself", func() bool {
+		_, ok := ended(chatty.ID)
+		return ok
+	})
+	if u, _ := ended(chatty.ID); u.Code != 0 {
+		t.Fatalf("the chatty workload ended with %+v; want its own exit, 0", u)
+	}
+}

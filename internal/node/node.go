@@ -15,6 +15,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -106,6 +107,8 @@ type Node struct {
 	// testNoStaging makes every deploy stream its artifact over NATS, the
 	// path VM sandboxes take.
 	testNoStaging bool
+	// testPingsFail makes every ping of an agent count as unanswered.
+	testPingsFail atomic.Bool
 
 	bg     sync.WaitGroup
 	ctx    context.Context

@@ -38,7 +38,11 @@ type sandboxHandle struct {
 	// exitReported: the agent reported its workload's end; the report is
 	// being handled (agentReportedExit), so the sandbox's end is expected.
 	exitReported bool
-	missed       int // consecutive failed pings
+	// lastOutput is when the node last handled a log line or event of the
+	// agent's: as good a sign of life as a ping's answer, which a workload
+	// flooding its log can hold up behind its lines.
+	lastOutput time.Time
+	missed     int // consecutive failed pings
 	// prestaged is the artifact staged into the sandbox while it waits for
 	// a deploy (prestage, restage); zero when none. Read and set it with
 	// ahead and setAhead.
@@ -479,11 +483,21 @@ func (n *Node) onArtifact(m *nats.Msg) {
 // onAgentOutput handles logs and events from one subscription so that an
 // agent's last log lines are published before its workload's end.
 func (n *Node) onAgentOutput(m *nats.Msg) {
+	h := n.handle(sandboxIDOf(m.Subject))
+	if h != nil {
+		h.mu.Lock()
+		h.lastOutput = time.Now()
+		h.mu.Unlock()
+	}
 	switch api.Token(m.Subject, 3) {
 	case "logs":
-		n.onLog(m)
+		if h != nil {
+			n.onLog(h, m)
+		}
 	case "events":
-		n.onAgentEvent(m)
+		if h != nil {
+			n.onAgentEvent(h, m)
+		}
 	case "barrier":
 		n.mu.Lock()
 		ch := n.barriers[string(m.Data)]
@@ -525,11 +539,7 @@ func (n *Node) awaitOutput(id string, d time.Duration) {
 	}
 }
 
-func (n *Node) onLog(m *nats.Msg) {
-	h := n.handle(sandboxIDOf(m.Subject))
-	if h == nil {
-		return
-	}
+func (n *Node) onLog(h *sandboxHandle, m *nats.Msg) {
 	h.mu.Lock()
 	w := h.workload
 	h.mu.Unlock()
@@ -550,11 +560,7 @@ func (n *Node) onLog(m *nats.Msg) {
 	n.pub.Log(w.ns, w.id, w.name, line.Text, level, line.Time.UTC())
 }
 
-func (n *Node) onAgentEvent(m *nats.Msg) {
-	h := n.handle(sandboxIDOf(m.Subject))
-	if h == nil {
-		return
-	}
+func (n *Node) onAgentEvent(h *sandboxHandle, m *nats.Msg) {
 	var ev agentapi.Event
 	if err := json.Unmarshal(m.Data, &ev); err != nil {
 		return
@@ -611,8 +617,11 @@ func (n *Node) pingAgents() {
 			var r agentapi.Reply
 			err := h.request(ctx, agentapi.PingSubject(h.id), struct{}{}, &r)
 			cancel()
+			if n.testPingsFail.Load() {
+				err = errors.New("test: pings fail")
+			}
 			h.mu.Lock()
-			if err != nil {
+			if err != nil && time.Since(h.lastOutput) > every {
 				h.missed++
 			} else {
 				h.missed = 0

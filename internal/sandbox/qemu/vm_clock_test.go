@@ -16,6 +16,7 @@ import (
 
 	"github.com/nex-engine/nex/internal/accel"
 	"github.com/nex-engine/nex/internal/agentapi"
+	"github.com/nex-engine/nex/internal/sandbox"
 	"github.com/nex-engine/nex/internal/sandbox/sandboxtest"
 )
 
@@ -31,18 +32,7 @@ import (
 // the guest keeps, and what time it is. Without tsc=reliable, nex's kernel
 // gave up the TSC every time, Debian's in the clone.
 func TestGuestClocksource(t *testing.T) {
-	requireVM(t)
-	a := vmSetup(t)
-	wl, err := os.ReadFile(sandboxtest.BuildWorkload(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	inColdAndCloned(t, a, func(t *testing.T, d *Driver) {
-		ctx, cancel := context.WithTimeout(context.Background(), vmTimeout)
-		defer cancel()
-		h := sandboxtest.NewHarness(t)
-		ag := h.AddAgent("clock" + strings.ReplaceAll(t.Name(), "/", ""))
-		sb := startReady(t, ctx, d, ag)
+	vmWithWorkload(t, "clock", nil, func(t *testing.T, ctx context.Context, d *Driver, ag *sandboxtest.Agent, sb sandbox.Sandbox, wl []byte) {
 		for range 20 { // half the CPU it wants, for 4 s
 			if err := syscall.Kill(sb.PID(), syscall.SIGSTOP); err != nil {
 				t.Fatal(err)

@@ -7,6 +7,7 @@ import (
 	"testing"
 
 	"github.com/nex-engine/nex/internal/agentapi"
+	"github.com/nex-engine/nex/internal/sandbox"
 	"github.com/nex-engine/nex/internal/sandbox/sandboxtest"
 )
 
@@ -16,18 +17,7 @@ import (
 // "killed by signal 9", and the VM then ends cleanly, as after any
 // workload.
 func TestWorkloadOutOfMemory(t *testing.T) {
-	requireVM(t)
-	a := vmSetup(t)
-	wl, err := os.ReadFile(sandboxtest.BuildWorkload(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	inColdAndCloned(t, a, func(t *testing.T, d *Driver) {
-		ctx, cancel := context.WithTimeout(context.Background(), vmTimeout)
-		defer cancel()
-		h := sandboxtest.NewHarness(t)
-		ag := h.AddAgent("oom" + strings.ReplaceAll(t.Name(), "/", ""))
-		sb := startReady(t, ctx, d, ag)
+	vmWithWorkload(t, "oom", nil, func(t *testing.T, ctx context.Context, d *Driver, ag *sandboxtest.Agent, sb sandbox.Sandbox, wl []byte) {
 		deployWorkload(t, ctx, ag, wl, "eat", "1024")
 		e, err := ag.WaitEvent(ctx, agentapi.EventWorkloadExited)
 		if err != nil {
@@ -61,4 +51,29 @@ func deployWorkload(tb testing.TB, ctx context.Context, ag *sandboxtest.Agent, w
 	if err != nil || !r.OK {
 		tb.Fatalf("deploy %v: %+v, %v", argv, r, err)
 	}
+}
+
+// vmWithWorkload runs test in a cold-booted VM and in a clone of d's kind,
+// each started for an agent named prefix+the test's name (mod, if set,
+// changes its spec) and handshaken, with the suite's workload (wl) at hand
+// and ctx bounding the test.
+func vmWithWorkload(t *testing.T, prefix string, mod func(*sandbox.Spec),
+	test func(t *testing.T, ctx context.Context, d *Driver, ag *sandboxtest.Agent, sb sandbox.Sandbox, wl []byte)) {
+	requireVM(t)
+	a := vmSetup(t)
+	wl, err := os.ReadFile(sandboxtest.BuildWorkload(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	inColdAndCloned(t, a, func(t *testing.T, d *Driver) {
+		ctx, cancel := context.WithTimeout(context.Background(), vmTimeout)
+		defer cancel()
+		h := sandboxtest.NewHarness(t)
+		ag := h.AddAgent(prefix + strings.ReplaceAll(t.Name(), "/", ""))
+		var mods []func(*sandbox.Spec)
+		if mod != nil {
+			mods = append(mods, mod)
+		}
+		test(t, ctx, d, ag, startReady(t, ctx, d, ag, mods...), wl)
+	})
 }

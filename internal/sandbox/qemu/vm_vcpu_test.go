@@ -2,8 +2,6 @@ package qemu
 
 import (
 	"context"
-	"os"
-	"strings"
 	"testing"
 
 	"github.com/nex-engine/nex/internal/agentapi"
@@ -15,18 +13,7 @@ import (
 // cloned: the workload in each runs on both CPUs. (Under TCG, QEMU runs
 // one host thread per vCPU; the clone's template is of the same shape.)
 func TestTwoVCPUs(t *testing.T) {
-	requireVM(t)
-	a := vmSetup(t)
-	wl, err := os.ReadFile(sandboxtest.BuildWorkload(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	inColdAndCloned(t, a, func(t *testing.T, d *Driver) {
-		ctx, cancel := context.WithTimeout(context.Background(), vmTimeout)
-		defer cancel()
-		h := sandboxtest.NewHarness(t)
-		ag := h.AddAgent("smp" + strings.ReplaceAll(t.Name(), "/", ""))
-		sb := startReady(t, ctx, d, ag, func(s *sandbox.Spec) { s.VCPU = 2 })
+	vmWithWorkload(t, "smp", func(s *sandbox.Spec) { s.VCPU = 2 }, func(t *testing.T, ctx context.Context, d *Driver, ag *sandboxtest.Agent, sb sandbox.Sandbox, wl []byte) {
 		deployWorkload(t, ctx, ag, wl, "cpus")
 		e, err := ag.WaitEvent(ctx, agentapi.EventWorkloadExited)
 		if err != nil {
