@@ -151,7 +151,7 @@ func TestTranslateBootArgs(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := "console=ttyS0 reboot=k nex.id=sb1 nex.nats=nats://10.0.2.100:4222 nex.seed=SUABC tsc_early_khz=2445404"
+	want := "console=ttyS0 reboot=k nex.id=sb1 nex.nats=nats://10.0.2.100:4222 nex.seed=SUABC tsc_early_khz=2445404 tsc=reliable"
 	if got != want || !slices.Equal(ports, []uint32{4222}) {
 		t.Fatalf("TranslateBootArgs =\n %q %v\nwant\n %q [4222]", got, ports, want)
 	}

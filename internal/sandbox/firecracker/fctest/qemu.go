@@ -56,9 +56,12 @@ var guestHostIP, _, _ = net.SplitHostPort(agentapi.GuestNATSAddr)
 
 // TranslateBootArgs rewrites the boot args of a Firecracker guest for QEMU:
 // vsock URLs of the node's NATS become the guestfwd address, and the ports
-// they name are returned for the forwards. tscKHz, when not 0, is added as
-// tsc_early_khz (a microvm guest under TCG hangs calibrating its TSC without
-// it; Firecracker's guests have kvm-clock).
+// they name are returned for the forwards. tscKHz, when not 0 (under TCG),
+// is added as tsc_early_khz (a microvm guest under TCG hangs calibrating its
+// TSC without it; Firecracker's guests have kvm-clock), with tsc=reliable,
+// as the qemu driver adds it under TCG: a guest starved of CPU otherwise
+// gave up the TSC for counted ticks, and one in CI then hung in its
+// power-off for minutes, a kernel worker stuck.
 func TranslateBootArgs(args string, tscKHz int) (string, []uint32, error) {
 	words := strings.Fields(args)
 	var ports []uint32
@@ -82,6 +85,9 @@ func TranslateBootArgs(args string, tscKHz int) (string, []uint32, error) {
 	}
 	if tscKHz > 0 && !strings.Contains(args, "tsc_early_khz=") {
 		words = append(words, "tsc_early_khz="+strconv.Itoa(tscKHz))
+	}
+	if tscKHz > 0 && !strings.Contains(args, "tsc=") {
+		words = append(words, "tsc=reliable")
 	}
 	return strings.Join(words, " "), ports, nil
 }
