@@ -325,10 +325,11 @@ func (h *sandboxHandle) watch() {
 		}
 	}
 	reason := fmt.Sprintf("sandbox exited: %v", h.sb.Err())
-	if tail := sandbox.ConsoleTail(h.sb, consoleTailLines); tail != "" {
+	tail := sandbox.ConsoleTail(h.sb, consoleTailLines)
+	if tail != "" {
 		reason += "; its console ended with: " + tail
 	}
-	n.log.Warn("sandbox died", keyVMID, h.id, "error", h.sb.Err(), "console", sandbox.ConsoleTail(h.sb, consoleTailLines))
+	n.log.Warn("sandbox died", keyVMID, h.id, "error", h.sb.Err(), "console", tail)
 	n.pub.Emit(api.SystemNamespace, api.EventAgentStopped, api.AgentStoppedEvent{Message: reason, Code: -1, SandboxID: h.id})
 	if n.pool.Remove(h) {
 		h.Discard()
