@@ -136,7 +136,7 @@ func New(o Options) (*Node, error) {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	return &Node{o: o, cfg: o.Config, log: o.Log, id: o.Identity.ID(), sandboxes: map[string]*sandboxHandle{},
-		workloads: map[string]*workload{}, restageKick: make(chan struct{}, 1), ctx: ctx, cancel: cancel,
+		workloads: map[string]*workload{}, barriers: map[string]chan struct{}{}, restageKick: make(chan struct{}, 1), ctx: ctx, cancel: cancel,
 		done: make(chan struct{})}, nil
 }
 

@@ -484,22 +484,8 @@ func (n *Node) onArtifact(m *nats.Msg) {
 // onAgentOutput handles logs and events from one subscription so that an
 // agent's last log lines are published before its workload's end.
 func (n *Node) onAgentOutput(m *nats.Msg) {
-	h := n.handle(sandboxIDOf(m.Subject))
-	if h != nil {
-		h.mu.Lock()
-		h.lastOutput = time.Now()
-		h.mu.Unlock()
-	}
-	switch api.Token(m.Subject, 3) {
-	case "logs":
-		if h != nil {
-			n.onLog(h, m)
-		}
-	case "events":
-		if h != nil {
-			n.onAgentEvent(h, m)
-		}
-	case "barrier":
+	kind := api.Token(m.Subject, 3)
+	if kind == "barrier" {
 		n.mu.Lock()
 		ch := n.barriers[string(m.Data)]
 		delete(n.barriers, string(m.Data))
@@ -507,6 +493,24 @@ func (n *Node) onAgentOutput(m *nats.Msg) {
 		if ch != nil {
 			close(ch)
 		}
+		return
+	}
+	h := n.handle(sandboxIDOf(m.Subject))
+	if h == nil {
+		return
+	}
+	h.mu.Lock()
+	h.lastOutput = time.Now()
+	w := h.workload
+	h.mu.Unlock()
+	if w == nil {
+		return
+	}
+	switch kind {
+	case "logs":
+		n.onLog(w, m)
+	case "events":
+		n.onAgentEvent(h, w, m)
 	}
 }
 
@@ -519,9 +523,6 @@ func (n *Node) awaitOutput(id string, d time.Duration) {
 	token := nuid.Next()
 	ch := make(chan struct{})
 	n.mu.Lock()
-	if n.barriers == nil {
-		n.barriers = map[string]chan struct{}{}
-	}
 	n.barriers[token] = ch
 	n.mu.Unlock()
 	defer func() {
@@ -540,13 +541,8 @@ func (n *Node) awaitOutput(id string, d time.Duration) {
 	}
 }
 
-func (n *Node) onLog(h *sandboxHandle, m *nats.Msg) {
-	h.mu.Lock()
-	w := h.workload
-	h.mu.Unlock()
-	if w == nil {
-		return
-	}
+// onLog publishes a log line of w's agent on the control plane.
+func (n *Node) onLog(w *workload, m *nats.Msg) {
 	var line agentapi.LogLine
 	if err := json.Unmarshal(m.Data, &line); err != nil {
 		return
@@ -561,15 +557,13 @@ func (n *Node) onLog(h *sandboxHandle, m *nats.Msg) {
 	n.pub.Log(w.ns, w.id, w.name, line.Text, level, line.Time.UTC())
 }
 
-func (n *Node) onAgentEvent(h *sandboxHandle, m *nats.Msg) {
+// onAgentEvent handles an event of the agent of h, which runs w.
+func (n *Node) onAgentEvent(h *sandboxHandle, w *workload, m *nats.Msg) {
 	var ev agentapi.Event
 	if err := json.Unmarshal(m.Data, &ev); err != nil {
 		return
 	}
-	h.mu.Lock()
-	w := h.workload
-	h.mu.Unlock()
-	if w == nil || ev.Type != agentapi.EventWorkloadExited {
+	if ev.Type != agentapi.EventWorkloadExited {
 		return
 	}
 	msg := ev.Message

@@ -74,8 +74,13 @@ const kernelCmdline = "console=ttyS0 quiet panic=-1 reboot=t cryptomgr.notests "
 //     on nex's kernel once it kept the TSC. These keep the periodic tick it
 //     had with refined-jiffies. Debian's kernel programs its APIC timer,
 //     which is cheap, and its first reply came 15 % sooner with the TSC.
+//
+// TCGClockArg keeps a guest under TCG on the TSC (tcgCmdline). fctest adds
+// it to the Firecracker boot line it runs under TCG.
+const TCGClockArg = "tsc=reliable"
+
 const (
-	tcgCmdline         = "noreplace-smp tsc=reliable"
+	tcgCmdline         = "noreplace-smp " + TCGClockArg
 	tcgUPNoACPICmdline = "noapictimer highres=off nohz=off"
 )
 

@@ -87,7 +87,7 @@ func TranslateBootArgs(args string, tscKHz int) (string, []uint32, error) {
 		words = append(words, "tsc_early_khz="+strconv.Itoa(tscKHz))
 	}
 	if tscKHz > 0 && !strings.Contains(args, "tsc=") {
-		words = append(words, "tsc=reliable")
+		words = append(words, qemu.TCGClockArg)
 	}
 	return strings.Join(words, " "), ports, nil
 }
