@@ -200,6 +200,8 @@ type agent struct {
 	finishOnce sync.Once
 	closed     chan struct{} // the connection is closed for good
 	closing    bool          // the agent closes it: not a loss
+
+	logs logFlow // publishLog's
 }
 
 // running is the sandbox's one workload.
@@ -279,6 +281,9 @@ func (a *agent) handshake(ctx context.Context) error {
 			if a.o.PID1 {
 				a.resetClockAndEntropy(r, sent, recv)
 			}
+			a.logs.mu.Lock()
+			a.logs.sync = r.LogSync
+			a.logs.mu.Unlock()
 			a.log.Info("handshake accepted", "took", time.Since(a.started).Round(time.Millisecond))
 			return nil
 		}
@@ -382,13 +387,6 @@ func (a *agent) publishEvent(e agentapi.Event) {
 	body, _ := json.Marshal(e)
 	if err := a.nc.Publish(agentapi.EventsSubject(a.id), body); err != nil {
 		a.log.Warn("publish event", "type", e.Type, keyError, err)
-	}
-}
-
-func (a *agent) publishLog(stream, text string) {
-	body, _ := json.Marshal(agentapi.LogLine{Stream: stream, Text: text, Time: time.Now()})
-	if err := a.nc.Publish(agentapi.LogsSubject(a.id), body); err != nil {
-		a.log.Debug("publish log", keyError, err)
 	}
 }
 

@@ -108,6 +108,11 @@ func OutputSubject(id string) string { return SubjectRoot(id) + ".out.*" }
 // BarrierSubject is the node's own marker among an agent's output: handled
 // after everything that subscription got before it.
 func BarrierSubject(id string) string { return SubjectRoot(id) + ".out.barrier" }
+
+// SyncSubject is an agent's request, among its output, for the node's word
+// that it has handled everything the agent sent before it (the agent's log
+// flow control; HandshakeReply.LogSync).
+func SyncSubject(id string) string    { return SubjectRoot(id) + ".out.sync" }
 func TriggerSubject(id string) string { return SubjectRoot(id) + ".trigger" }
 func InboxPrefix(id string) string    { return "_INBOX_" + id }
 
@@ -127,6 +132,9 @@ type HandshakeReply struct {
 	Error   string    `json:"error,omitempty"`
 	Now     time.Time `json:"now"`
 	Entropy []byte    `json:"entropy,omitempty"` // 32 random bytes
+	// LogSync: the node answers requests on SyncSubject, so the agent may
+	// wait for them to pace a workload's output (agent/logflow.go).
+	LogSync bool `json:"log_sync,omitempty"`
 }
 
 // Deploy asks the agent to fetch the artifact and run it.

@@ -5,12 +5,13 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -530,21 +531,32 @@ func TestStopDuringFetchKeepsArtifactReferences(t *testing.T) {
 // through its output: that end is not a sandbox that died.
 func TestLogFlood(t *testing.T) {
 	_, wl := binaries(t)
-	testLogFlood(t, newHarness(t, nil), wl, 200_000)
+	testLogFlood(t, newHarness(t, nil), wl, 200_000, 1)
 }
 
-func testLogFlood(t *testing.T, h *harness, wl string, lines int) {
+// TestLogFloodMany: three workloads flooding at once print faster than the
+// node passes their lines on. Their agents wait for the node (log flow
+// control) rather than have it drop lines, or an exit report behind them.
+func TestLogFloodMany(t *testing.T) {
+	_, wl := binaries(t)
+	testLogFlood(t, newHarness(t, nil), wl, 200_000, 3)
+}
+
+func testLogFlood(t testing.TB, h *harness, wl string, lines, floods int) time.Duration {
 	data, err := os.ReadFile(wl)
 	if err != nil {
 		t.Fatal(err)
 	}
 	hash := h.upload("flood", data)
 	evs := h.events("$NEX.events.default.*")
-	var got atomic.Int64
+	var mu sync.Mutex
+	got := map[string]int{}
 	lsub, err := h.nc.Subscribe("$NEX.logs.default.>", func(m *nats.Msg) {
 		var e api.LogEntry
 		if json.Unmarshal(m.Data, &e) == nil && (strings.HasPrefix(e.Text, "line ") || strings.HasPrefix(e.Text, "flooded ")) {
-			got.Add(1)
+			mu.Lock()
+			got[e.WorkloadID]++
+			mu.Unlock()
 		}
 	})
 	if err != nil {
@@ -552,18 +564,75 @@ func testLogFlood(t *testing.T, h *harness, wl string, lines int) {
 	}
 	defer lsub.Unsubscribe()
 	_ = lsub.SetPendingLimits(-1, -1) // the test's own subscription must not be what drops
-	run, err := h.deploy(h.deployRequest("flood", "flood", hash, nil, "flood", strconv.Itoa(lines)))
-	if err != nil {
-		t.Fatal(err)
+	start := time.Now()
+	var ids []string
+	for range floods {
+		run, err := h.deploy(h.deployRequest("flood", "flood", hash, nil, "flood", strconv.Itoa(lines)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		ids = append(ids, run.ID)
 	}
-	var und api.WorkloadUndeployedEvent
-	eventually(t, 2*time.Minute, "the workload to end", func() bool {
-		return evs.last(api.EventWorkloadUndeployed, &und) && und.WorkloadID == run.ID
-	})
-	if und.Code != 0 {
-		t.Fatalf("workload_undeployed %+v; want exit 0", und)
+	ended := func() (map[string]api.WorkloadUndeployedEvent, int) {
+		evs.mu.Lock()
+		defer evs.mu.Unlock()
+		out := map[string]api.WorkloadUndeployedEvent{}
+		for _, e := range evs.evs {
+			var und api.WorkloadUndeployedEvent
+			if e.Type == api.EventWorkloadUndeployed && json.Unmarshal(e.Data, &und) == nil && slices.Contains(ids, und.WorkloadID) {
+				out[und.WorkloadID] = und
+			}
+		}
+		return out, len(out)
 	}
-	eventually(t, 30*time.Second, "every line", func() bool { return got.Load() == int64(lines)+1 })
+	eventually(t, 2*time.Minute, "the workloads to end", func() bool { _, n := ended(); return n == floods })
+	und, _ := ended()
+	for _, id := range ids {
+		if und[id].Code != 0 {
+			t.Errorf("workload_undeployed %+v; want exit 0", und[id])
+		}
+	}
+	all := func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		for _, id := range ids {
+			if got[id] != lines+1 {
+				return false
+			}
+		}
+		return true
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for !all() {
+		if time.Now().After(deadline) {
+			mu.Lock()
+			defer mu.Unlock()
+			t.Fatalf("lines per workload: %v; want %d each", got, lines+1)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	return time.Since(start)
+}
+
+// BenchmarkLogFlood: workloads printing 200,000 lines each as fast as they
+// can, one or three at once, on a process node: the lines per second that
+// reach the control plane (every one of them; the test fails otherwise).
+//
+//	go test ./internal/node -run '^$' -bench LogFlood -benchtime 3x
+func BenchmarkLogFlood(b *testing.B) {
+	_, wl := binaries(b)
+	for _, floods := range []int{1, 3} {
+		b.Run(fmt.Sprintf("floods=%d", floods), func(b *testing.B) {
+			h := newHarness(b, nil)
+			const lines = 200_000
+			var took time.Duration
+			for range b.N {
+				took += testLogFlood(b, h, wl, lines, floods)
+			}
+			b.ReportMetric(float64(b.N*floods*(lines+1))/took.Seconds(), "lines/s")
+			b.ReportMetric(0, "ns/op")
+		})
+	}
 }
 
 // TestSilentAgentIsDead: an agent that answers no pings is taken for dead

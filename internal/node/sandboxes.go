@@ -414,7 +414,7 @@ func (n *Node) handle(id string) *sandboxHandle {
 func (n *Node) onHandshake(m *nats.Msg) {
 	id := sandboxIDOf(m.Subject)
 	var hs agentapi.Handshake
-	reply := agentapi.HandshakeReply{Entropy: make([]byte, 32)}
+	reply := agentapi.HandshakeReply{Entropy: make([]byte, 32), LogSync: true}
 	_, _ = rand.Read(reply.Entropy)
 	h := n.handle(id)
 	switch err := json.Unmarshal(m.Data, &hs); {
@@ -493,6 +493,12 @@ func (n *Node) onAgentOutput(m *nats.Msg) {
 		if ch != nil {
 			close(ch)
 		}
+		return
+	}
+	if kind == "sync" {
+		// Handled in order with the agent's output: everything the agent
+		// sent before it has been handled.
+		_ = m.Respond(nil)
 		return
 	}
 	h := n.handle(sandboxIDOf(m.Subject))

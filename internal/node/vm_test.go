@@ -122,5 +122,5 @@ func TestVMRefusesArtifactTooBig(t *testing.T) {
 func TestVMLogFlood(t *testing.T) {
 	img, wl := vmImage(t)
 	h := newVMNode(t, img, true, true)
-	testLogFlood(t, h, wl, 50_000)
+	testLogFlood(t, h, wl, 50_000, 1)
 }
