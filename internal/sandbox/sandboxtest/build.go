@@ -43,6 +43,14 @@ func BuildPackage(t testing.TB, name, pkg string) string {
 	return build(t, name, pkg)
 }
 
+// BuildCEcho compiles testdata/cecho, an echo workload in C (static, with
+// the host's C compiler): what a warm deploy costs a workload whose own
+// start is next to nothing. Benchmarks use it; tests need no C compiler.
+func BuildCEcho(t testing.TB) string {
+	t.Helper()
+	return buildWith(t, "cecho", "internal/sandbox/sandboxtest/testdata/cecho/echo.c", ccBuild)
+}
+
 // startHome is HOME as the test process started, before any test changed it.
 var startHome = os.Getenv("HOME")
 
@@ -63,6 +71,12 @@ var (
 // testing in parallel replace it atomically.
 func build(t testing.TB, name, pkg string) string {
 	t.Helper()
+	return buildWith(t, name, pkg, goBuild)
+}
+
+// buildWith builds src once per test process with how.
+func buildWith(t testing.TB, name, pkg string, how func(name, src string) (string, error)) string {
+	t.Helper()
 	buildsMu.Lock()
 	b, ok := builds[pkg]
 	if !ok {
@@ -70,7 +84,7 @@ func build(t testing.TB, name, pkg string) string {
 		builds[pkg] = b
 	}
 	buildsMu.Unlock()
-	b.once.Do(func() { b.path, b.err = goBuild(name, pkg) })
+	b.once.Do(func() { b.path, b.err = how(name, pkg) })
 	if b.err != nil {
 		t.Fatal(b.err)
 	}
@@ -84,15 +98,8 @@ func goBuild(name, pkg string) (string, error) {
 	if err != nil {
 		return "", fmt.Errorf("building %s needs the go command: %w", pkg, err)
 	}
-	out, err := exec.Command(gobin, "env", "GOMOD").Output()
-	gomod := strings.TrimSpace(string(out))
-	if err != nil || gomod == "" || gomod == os.DevNull {
-		return "", fmt.Errorf("building %s: no module found from the working directory (%v)", pkg, err)
-	}
-	root := filepath.Dir(gomod)
-	sum := sha256.Sum256([]byte(root))
-	dir := filepath.Join(os.TempDir(), fmt.Sprintf("nex-sandboxtest-%d-%s", os.Getuid(), hex.EncodeToString(sum[:6])))
-	if err := os.MkdirAll(dir, 0o700); err != nil {
+	root, dir, err := buildDirs(pkg)
+	if err != nil {
 		return "", err
 	}
 	bin := filepath.Join(dir, name)
@@ -108,4 +115,39 @@ func goBuild(name, pkg string) (string, error) {
 		return "", fmt.Errorf("go build %s: %w\n%s", pkg, err, stderr.String())
 	}
 	return bin, nil
+}
+
+// buildDirs returns the root of the module found from the working directory
+// and the directory built binaries go to.
+func buildDirs(what string) (root, dir string, err error) {
+	out, err := exec.Command("go", "env", "GOMOD").Output()
+	gomod := strings.TrimSpace(string(out))
+	if err != nil || gomod == "" || gomod == os.DevNull {
+		return "", "", fmt.Errorf("building %s: no module found from the working directory (%v)", what, err)
+	}
+	root = filepath.Dir(gomod)
+	sum := sha256.Sum256([]byte(root))
+	dir = filepath.Join(os.TempDir(), fmt.Sprintf("nex-sandboxtest-%d-%s", os.Getuid(), hex.EncodeToString(sum[:6])))
+	return root, dir, os.MkdirAll(dir, 0o700)
+}
+
+// ccBuild compiles the C file src (relative to the module's root) static.
+func ccBuild(name, src string) (string, error) {
+	cc, err := exec.LookPath("cc")
+	if err != nil {
+		return "", fmt.Errorf("building %s needs a C compiler (apt-get install gcc libc6-dev): %w", src, err)
+	}
+	root, dir, err := buildDirs(src)
+	if err != nil {
+		return "", err
+	}
+	bin := filepath.Join(dir, name)
+	// Compiled aside and renamed: test processes may build it at once.
+	tmp := fmt.Sprintf("%s.%d", bin, os.Getpid())
+	out, err := exec.Command(cc, "-static", "-O2", "-Wall", "-o", tmp, filepath.Join(root, src)).CombinedOutput()
+	if err != nil {
+		os.Remove(tmp)
+		return "", fmt.Errorf("cc %s: %w\n%s", src, err, out)
+	}
+	return bin, os.Rename(tmp, bin)
 }
