@@ -14,12 +14,12 @@ import (
 // control plane's NATS, and a node serves many agents on one subscription:
 // lines it has not handled yet queue in its NATS client, which drops the
 // newest beyond a limit, and with them, behind a flood, the workload's exit
-// report. So when the node says it answers them
-// (HandshakeReply.LogSync), the agent asks after every window of lines for
-// the node's word that it has handled them (agentapi.SyncSubject, which the
-// node answers in order with the rest of the agent's output), and before it
-// sends the window after, waits for that word on the window before: the
-// node has one window to work on while the next comes. While the agent
+// report. So when the node says it answers them (HandshakeReply.LogSync),
+// the agent asks after every window of lines for the node's word that it
+// has handled them (agentapi.SyncSubject, which the node answers in order
+// with the rest of the agent's output), and before it sends the window
+// after, waits for that word on the window before: the node has one window
+// to work on while the next comes. While the agent
 // waits it reads no more of the workload's output: the pipe fills and the
 // workload's writes block, as a terminal's would. No line is dropped, and a
 // node holds at most two windows of each agent's lines.
@@ -39,7 +39,7 @@ type logFlow struct {
 	replies      *nats.Subscription // the node's answers, on inbox
 	inbox        string
 	answers      chan struct{} // one per answer
-	unanswered   int           // syncs sent
+	unanswered   int           // syncs sent and awaited
 }
 
 func (a *agent) publishLog(stream, text string) {
@@ -62,7 +62,7 @@ func (a *agent) publishLog(stream, text string) {
 		// connection's drain, when the agent ends, must not wait for
 		// answers nobody reads.
 		f.inbox = a.nc.NewInbox()
-		answers := make(chan struct{}, 64)
+		answers := make(chan struct{}, 2) // no more than two are awaited
 		var err error
 		f.replies, err = a.nc.Subscribe(f.inbox, func(*nats.Msg) {
 			select {
