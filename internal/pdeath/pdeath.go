@@ -32,6 +32,9 @@ func Start(cmd *exec.Cmd, started func(), exited func(error)) error {
 			started()
 		}
 		errc <- nil
+		if runtime.GOMAXPROCS(0) == 1 {
+			awaitExit(cmd.Process.Pid)
+		}
 		err := cmd.Wait()
 		reaper.Release(cmd.Process.Pid)
 		exited(err)
