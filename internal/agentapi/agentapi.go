@@ -105,13 +105,10 @@ func EventsSubject(id string) string    { return SubjectRoot(id) + ".out.events"
 // lines before the exit event). id may be "*".
 func OutputSubject(id string) string { return SubjectRoot(id) + ".out.*" }
 
-// BarrierSubject is the node's own marker among an agent's output: handled
-// after everything that subscription got before it.
-func BarrierSubject(id string) string { return SubjectRoot(id) + ".out.barrier" }
-
-// SyncSubject is an agent's request, among its output, for the node's word
-// that it has handled everything the agent sent before it (the agent's log
-// flow control; HandshakeReply.LogSync).
+// SyncSubject is a request, among an agent's output, for the node's word
+// that it has handled everything the agent sent before it: the agent's
+// log flow control (HandshakeReply.LogSync), and the node's own wait for
+// an ended agent's last output.
 func SyncSubject(id string) string    { return SubjectRoot(id) + ".out.sync" }
 func TriggerSubject(id string) string { return SubjectRoot(id) + ".trigger" }
 func InboxPrefix(id string) string    { return "_INBOX_" + id }

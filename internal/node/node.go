@@ -92,8 +92,6 @@ type Node struct {
 	// with it (restage, woken by restageKick).
 	lastStaged  string
 	restageKick chan struct{}
-	// barriers are awaitOutput's markers still on their way, by token.
-	barriers map[string]chan struct{}
 
 	// testHookBeforeAgentDeploy lets tests inject faults between taking a
 	// sandbox and handing it the workload, and see (or spoil) the request.
@@ -136,7 +134,7 @@ func New(o Options) (*Node, error) {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	return &Node{o: o, cfg: o.Config, log: o.Log, id: o.Identity.ID(), sandboxes: map[string]*sandboxHandle{},
-		workloads: map[string]*workload{}, barriers: map[string]chan struct{}{}, restageKick: make(chan struct{}, 1), ctx: ctx, cancel: cancel,
+		workloads: map[string]*workload{}, restageKick: make(chan struct{}, 1), ctx: ctx, cancel: cancel,
 		done: make(chan struct{})}, nil
 }
 

@@ -485,19 +485,10 @@ func (n *Node) onArtifact(m *nats.Msg) {
 // agent's last log lines are published before its workload's end.
 func (n *Node) onAgentOutput(m *nats.Msg) {
 	kind := api.Token(m.Subject, 3)
-	if kind == "barrier" {
-		n.mu.Lock()
-		ch := n.barriers[string(m.Data)]
-		delete(n.barriers, string(m.Data))
-		n.mu.Unlock()
-		if ch != nil {
-			close(ch)
-		}
-		return
-	}
 	if kind == "sync" {
-		// Handled in order with the agent's output: everything the agent
-		// sent before it has been handled.
+		// Handled in order with the agent's output: everything sent
+		// before it has been handled. Agents ask it (their log flow
+		// control), and so does the node itself (awaitOutput).
 		_ = m.Respond(nil)
 		return
 	}
@@ -526,24 +517,12 @@ func (n *Node) onAgentOutput(m *nats.Msg) {
 // workload's last output (200,000 log lines take seconds), so a sandbox's
 // death is judged after it.
 func (n *Node) awaitOutput(id string, d time.Duration) {
-	token := nuid.Next()
-	ch := make(chan struct{})
-	n.mu.Lock()
-	n.barriers[token] = ch
-	n.mu.Unlock()
-	defer func() {
-		n.mu.Lock()
-		delete(n.barriers, token)
-		n.mu.Unlock()
-	}()
-	if err := n.inc.Publish(agentapi.BarrierSubject(id), []byte(token)); err != nil {
-		return
-	}
-	select {
-	case <-ch:
-	case <-time.After(d):
+	// The node asks the sync the agents ask (agent/logflow.go): its answer,
+	// in order with the agent's output, comes once that is handled.
+	ctx, cancel := context.WithTimeout(n.ctx, d)
+	defer cancel()
+	if _, err := n.inc.RequestWithContext(ctx, agentapi.SyncSubject(id), nil); errors.Is(err, context.DeadlineExceeded) {
 		n.log.Warn("agent output not handled in time", keyVMID, id, "waited", d)
-	case <-n.ctx.Done():
 	}
 }
 
