@@ -23,14 +23,31 @@ func awaitExit(pid int) {
 	}
 	f := os.NewFile(uintptr(fd), "pidfd")
 	defer f.Close()
+	awaitReadable(f)
+}
+
+// awaitReadable returns once the pidfd f is readable (its process has
+// exited), or at once if f cannot be polled.
+//
+// Each turn asks the pidfd itself, with poll(2) and no timeout, before
+// parking: the runtime's poller is edge-triggered, and the read forgets a
+// readiness it heard of before the read began, so an exit that came
+// before (the poller told once, while the goroutine ran) would otherwise
+// be waited for forever. An exit after the ask is an edge the park sees.
+func awaitReadable(f *os.File) {
 	rc, err := f.SyscallConn()
 	if err != nil {
 		return
 	}
-	polled := false
-	_ = rc.Read(func(uintptr) bool {
-		done := polled // readable: the process has exited
-		polled = true
-		return done
+	_ = rc.Read(func(fd uintptr) bool {
+		p := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}
+		for {
+			n, err := unix.Poll(p, 0)
+			if err == unix.EINTR {
+				continue
+			}
+			// An error ends the wait here; the caller's wait blocks.
+			return err != nil || n > 0
+		}
 	})
 }
