@@ -54,6 +54,10 @@ type Options struct {
 	// deploy's way that is the sandbox's own (a VM's stage disk read by
 	// PID 1). It must end soon after ctx does.
 	RehearseMore func(ctx context.Context) error
+	// Quiesce, if set, is called when a deploy or a stop comes, after the
+	// rehearsal has ended: it ends what else ran while the sandbox waited
+	// (a VM's trial start, internal/trial) and returns once that has.
+	Quiesce func()
 	// CheckRoom, if set, refuses an artifact of size bytes that would not
 	// fit in WorkDir, before it is fetched: in a VM, WorkDir is in guest
 	// RAM, and filling it would end in "no space left on device" after the

@@ -65,7 +65,8 @@ type rehearsal struct {
 }
 
 // endRehearsal stops a rehearsal under way and waits until it has ended,
-// its process with it; none starts after it.
+// its process with it; none starts after it. Then Options.Quiesce ends
+// what else ran while the sandbox waited.
 func (a *agent) endRehearsal() {
 	a.mu.Lock()
 	r := a.rehearsal
@@ -74,6 +75,9 @@ func (a *agent) endRehearsal() {
 	if r != nil {
 		r.cancel()
 		<-r.done
+	}
+	if a.o.Quiesce != nil {
+		a.o.Quiesce()
 	}
 }
 

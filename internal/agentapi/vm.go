@@ -84,6 +84,15 @@ type FileHeader struct {
 	// Delete asks the guest to delete the file Name instead (Size and
 	// DiskSize are then 0).
 	Delete bool `json:"delete,omitempty"`
+	// Trial, when set, asks the guest to give the file, once it is in, a
+	// trial start (internal/trial) with Trial.Args: a node's prestage of
+	// the artifact it deployed last, with that deploy's arguments.
+	Trial *TrialStart `json:"trial,omitempty"`
+}
+
+// TrialStart is FileHeader.Trial.
+type TrialStart struct {
+	Args []string `json:"args,omitempty"`
 }
 
 // FileReply is the guest's answer to one frame.

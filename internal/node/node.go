@@ -89,8 +89,10 @@ type Node struct {
 	// lastStaged is the hash of the artifact last staged into a sandbox
 	// that takes files ahead (sandbox.Prestager): new ones get it before
 	// they join the pool (prestage), and those waiting there are restaged
-	// with it (restage, woken by restageKick).
+	// with it (restage, woken by restageKick). lastArgs are the arguments
+	// of its last deploy, for its trial start.
 	lastStaged  string
+	lastArgs    []string
 	restageKick chan struct{}
 
 	// testHookBeforeAgentDeploy lets tests inject faults between taking a
@@ -442,7 +444,7 @@ func (n *Node) Info(ns string) api.InfoResponse {
 	if d, ok := n.o.Driver.(sandbox.Describer); ok {
 		resp.Pool.Boot = d.Describe()
 	}
-	if last := n.lastArtifact(); last != "" {
+	if last, _ := n.lastArtifact(); last != "" {
 		resp.Pool.StagedAhead = n.pool.Count(func(h *sandboxHandle) bool { return h.ahead().hash == last })
 	}
 	return resp

@@ -3,6 +3,7 @@ package node
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -36,10 +37,13 @@ type prestageDriver struct {
 
 type stageCall struct{ sandbox, name string }
 
-// stageOp is one call: a Stage, or an Unstage when del is set.
+// stageOp is one call: a Stage (a StageTrial, with its args, when trial
+// is set), or an Unstage when del is set.
 type stageOp struct {
 	stageCall
-	del bool
+	del   bool
+	trial bool
+	args  []string
 }
 
 func (d *prestageDriver) Start(ctx context.Context, spec sandbox.Spec) (sandbox.Sandbox, error) {
@@ -108,8 +112,29 @@ type prestageSandbox struct {
 func (s *prestageSandbox) Prestage() bool { return true }
 
 func (s *prestageSandbox) Stage(ctx context.Context, src, name string) (string, error) {
-	s.d.record(stageOp{stageCall{s.ID(), name}, false})
+	s.d.record(stageOp{stageCall: stageCall{s.ID(), name}})
 	return s.Sandbox.Stage(ctx, src, name)
+}
+
+// StageTrial records the trial start asked for; the process sandbox has
+// none to give (a VM's test is TestTrialStartOfAStagedWorkload).
+func (s *prestageSandbox) StageTrial(ctx context.Context, src, name string, args []string) (string, error) {
+	s.d.record(stageOp{stageCall{s.ID(), name}, false, true, args})
+	return s.Sandbox.Stage(ctx, src, name)
+}
+
+// trials is every Stage in order, with whether it asked for a trial start
+// and with what arguments.
+func (d *prestageDriver) trials() []stageOp {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	var ops []stageOp
+	for _, op := range d.log {
+		if !op.del {
+			ops = append(ops, op)
+		}
+	}
+	return ops
 }
 
 func (s *prestageSandbox) Unstage(ctx context.Context, name string) error {
@@ -119,7 +144,7 @@ func (s *prestageSandbox) Unstage(ctx context.Context, name string) error {
 	if err != nil {
 		return err
 	}
-	s.d.record(stageOp{stageCall{s.ID(), name}, true})
+	s.d.record(stageOp{stageCall: stageCall{s.ID(), name}, del: true})
 	return s.Sandbox.Unstage(ctx, name)
 }
 
@@ -133,10 +158,15 @@ type prestageEnv struct {
 	hashA, hashB string
 }
 
-func newPrestageEnv(t *testing.T, prestage bool, poolSize int) prestageEnv {
+func newPrestageEnv(t *testing.T, prestage bool, poolSize int, mutate ...func(*config.Config)) prestageEnv {
 	nex, wl := binaries(t)
 	var d *prestageDriver
-	h := newHarnessWithDriver(t, func(c *config.Config) { c.VMPrestage, c.MachinePoolSize = &prestage, &poolSize },
+	h := newHarnessWithDriver(t, func(c *config.Config) {
+		c.VMPrestage, c.MachinePoolSize = &prestage, &poolSize
+		for _, m := range mutate {
+			m(c)
+		}
+	},
 		func(*config.Config) (driverOf, error) {
 			pd, err := process.New(process.Config{AgentBinary: nex, Log: quietLog()})
 			d = &prestageDriver{Driver: pd}
@@ -259,6 +289,28 @@ func TestDeployUnstageFallsBackToTheAgent(t *testing.T) {
 		t.Fatalf("deploy of b asked the agent for %+v; want b staged and a, staged ahead into %s, unstaged", dep, ahead.sandbox)
 	}
 	h.assertClean(t)
+}
+
+// A file staged ahead asks for a trial start with the arguments of its
+// artifact's last deploy; a deploy's own stage asks for none (the deploy
+// runs it at once). vm_trial_start false: none at all.
+func TestPrestageTrialStartArgs(t *testing.T) {
+	for _, on := range []bool{true, false} {
+		t.Run(fmt.Sprintf("vm_trial_start=%v", on), func(t *testing.T) {
+			e := newPrestageEnv(t, true, 1, func(c *config.Config) { c.VMTrialStart = &on })
+			h, d, evs, hashA := e.h, e.d, e.evs, e.hashA
+			runJob(t, h, evs, "a", hashA)
+			eventually(t, 20*time.Second, "the refill to get a staged ahead", func() bool { return len(d.calls()) == 2 })
+			ops := d.trials()
+			if ops[0].trial {
+				t.Fatalf("the deploy's own stage asked for a trial start: %+v", ops[0])
+			}
+			if got := ops[1]; got.trial != on || on && !slices.Equal(got.args, []string{"exit", "0"}) {
+				t.Fatalf("the stage ahead: %+v; want a trial start %v, with the deploy's arguments", got, on)
+			}
+			h.assertClean(t)
+		})
+	}
 }
 
 // vm_prestage false: sandboxes get files only at their deploy.

@@ -157,7 +157,7 @@ func (n *Node) prestage(ctx context.Context, h *sandboxHandle) {
 	if !ok || !n.cfg.Prestage() || !ps.Prestage() {
 		return
 	}
-	hash := n.lastArtifact()
+	hash, args := n.lastArtifact()
 	// A deploy waiting for a sandbox takes this one the moment it joins the
 	// pool and stages its own artifact: a file staged ahead would only
 	// delay it, or be the same copy made earlier.
@@ -170,7 +170,7 @@ func (n *Node) prestage(ctx context.Context, h *sandboxHandle) {
 	}
 	defer n.artifacts.release(hash)
 	t0 := time.Now()
-	if err := stageAhead(ctx, h, ps, src, hash); err != nil {
+	if err := n.stageAhead(ctx, h, ps, src, hash, args); err != nil {
 		n.log.Debug("Staging the last artifact ahead failed; a deploy will stage its own", keyVMID, h.id, "error", err)
 		return
 	}
@@ -178,9 +178,16 @@ func (n *Node) prestage(ctx context.Context, h *sandboxHandle) {
 }
 
 // stageAhead stages src, the artifact hash, into h, which waits for a
-// deploy, and records it there.
-func stageAhead(ctx context.Context, h *sandboxHandle, ps sandbox.Prestager, src, hash string) error {
-	path, err := ps.Stage(ctx, src, hash)
+// deploy, and records it there. With vm_trial_start, a sandbox that can
+// then gives it a trial start with args, its last deploy's.
+func (n *Node) stageAhead(ctx context.Context, h *sandboxHandle, ps sandbox.Prestager, src, hash string, args []string) error {
+	stage := ps.Stage
+	if ts, ok := ps.(sandbox.TrialStarter); ok && n.cfg.TrialStart() {
+		stage = func(ctx context.Context, src, name string) (string, error) {
+			return ts.StageTrial(ctx, src, name, args)
+		}
+	}
+	path, err := stage(ctx, src, hash)
 	if err != nil {
 		return err
 	}
@@ -189,11 +196,11 @@ func stageAhead(ctx context.Context, h *sandboxHandle, ps sandbox.Prestager, src
 }
 
 // lastArtifact is the hash of the artifact last staged into a sandbox that
-// takes files ahead ("" when none).
-func (n *Node) lastArtifact() string {
+// takes files ahead ("" when none), and its last deploy's arguments.
+func (n *Node) lastArtifact() (string, []string) {
 	n.mu.Lock()
 	defer n.mu.Unlock()
-	return n.lastStaged
+	return n.lastStaged, n.lastArgs
 }
 
 // kickRestage asks restageLoop for a pass, when vm_prestage is on.
@@ -246,7 +253,7 @@ func (n *Node) restage(tried map[*sandboxHandle]bool) bool {
 	if n.testNoRestage {
 		return false
 	}
-	hash := n.lastArtifact()
+	hash, args := n.lastArtifact()
 	if hash == "" {
 		return false
 	}
@@ -271,7 +278,7 @@ func (n *Node) restage(tried map[*sandboxHandle]bool) bool {
 	if old.hash != "" && !n.unstage(n.ctx, h, old) {
 		return true // left as it was
 	}
-	if err := stageAhead(n.ctx, h, ps, src, hash); err != nil {
+	if err := n.stageAhead(n.ctx, h, ps, src, hash, args); err != nil {
 		n.log.Debug("Restaging a pooled sandbox failed; a deploy will stage its own", keyVMID, h.id, "error", err)
 		return true
 	}

@@ -174,7 +174,7 @@ func (n *Node) start(ctx context.Context, w *workload) error {
 		}
 		if _, ahead := st.(sandbox.Prestager); ahead && d.StagedPath != "" {
 			n.mu.Lock()
-			n.lastStaged = w.hash
+			n.lastStaged, n.lastArgs = w.hash, w.argv
 			n.mu.Unlock()
 			n.kickRestage()
 		}

@@ -121,6 +121,15 @@ type Prestager interface {
 	Unstage(ctx context.Context, name string) error
 }
 
+// TrialStarter is implemented by sandboxes that can give a file staged
+// ahead a trial start (internal/trial): StageTrial is Prestager's Stage,
+// after which the sandbox runs the file once, jailed, with args, while it
+// waits for its deploy, so under emulation the deploy finds its code
+// translated. A node uses it for its prestage (config vm_trial_start).
+type TrialStarter interface {
+	StageTrial(ctx context.Context, src, name string, args []string) (string, error)
+}
+
 // RefillPacer is implemented by drivers that say how long a warm pool
 // holds back the refill a deploy causes, so the new sandbox does not start
 // on the same cores at the moment the deployed workload does.

@@ -34,6 +34,13 @@ type FileServer struct {
 	// that names it, holding nothing the kernel cached of it before;
 	// release is called once the file is copied out. nil: the VM has none.
 	Disk func() (disk *os.File, release func(), err error)
+	// Trial, if set, is called with the path of each file whose frame asks
+	// for a trial start (agentapi.FileHeader.Trial), and its arguments, once
+	// the file is in Dir and the host has heard of it; Deleted with the path
+	// of each file a frame deletes, before it is deleted. PID 1 starts and
+	// ends trial starts (internal/trial) with them.
+	Trial   func(path string, args []string)
+	Deleted func(path string)
 
 	// framed is set once a frame has begun (Rehearse is then of no use).
 	framed atomic.Bool
@@ -121,6 +128,8 @@ func (s *FileServer) Serve(ctx context.Context, port io.ReadWriter) error {
 				os.Remove(reply.Path)
 			}
 			s.Log.Warn("file port: answer", keyError, err)
+		} else if reply.Path != "" && h.Trial != nil && s.Trial != nil {
+			s.Trial(reply.Path, h.Trial.Args)
 		}
 	}
 }
@@ -204,6 +213,9 @@ func readFileHeader(r *bufio.Reader) (agentapi.FileHeader, error) {
 		// Its bytes, if any, would follow: the stream would be out of step.
 		return h, fmt.Errorf("header: delete with size %d, disk size %d: want both 0", h.Size, h.DiskSize)
 	}
+	if h.Delete && h.Trial != nil {
+		return h, errors.New("header: a trial start of a file it deletes")
+	}
 	return h, nil
 }
 
@@ -213,7 +225,11 @@ func (s *FileServer) remove(name string) error {
 	if err := agentapi.CheckStagedName(name); err != nil {
 		return err
 	}
-	if err := os.Remove(filepath.Join(s.Dir, name)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+	path := filepath.Join(s.Dir, name)
+	if s.Deleted != nil {
+		s.Deleted(path)
+	}
+	if err := os.Remove(path); err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return err
 	}
 	return nil

@@ -14,11 +14,16 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/nex-engine/nex/internal/agentapi"
+	"github.com/nex-engine/nex/internal/trial"
 )
 
 // memHeadroom is guest memory a staged file must leave free: the kernel,
 // init and the agent keep running, and the workload has yet to start.
 const memHeadroom = 8 << 20
+
+// trialDir holds the jails of trial starts: on the tmpfs of
+// agentapi.StagedDir, as hard links to staged files need.
+const trialDir = "/tmp/trial"
 
 // serveFiles starts the file server on the file port (agentapi.FilePortName)
 // and returns at once: the port shows up shortly after the virtio-serial
@@ -33,6 +38,8 @@ func (v *vm) serveFiles(ctx context.Context) error {
 	}
 	log := v.log.With("port", agentapi.FilePortName)
 	s := &FileServer{Dir: agentapi.StagedDir, Log: log}
+	v.trials = &trial.Runner{Dir: trialDir, Log: v.log}
+	s.Trial, s.Deleted = v.trials.Start, v.trials.Stop
 	if hasVirtioDevice(v.p.sysfs, virtioBlock) {
 		s.Disk = v.openStageDisk
 	}

@@ -23,6 +23,7 @@ import (
 	"github.com/nex-engine/nex/internal/agentapi"
 	"github.com/nex-engine/nex/internal/guestimage"
 	"github.com/nex-engine/nex/internal/reaper"
+	"github.com/nex-engine/nex/internal/trial"
 	"github.com/nex-engine/nex/internal/vport"
 )
 
@@ -82,6 +83,9 @@ type vm struct {
 	rehearsal []string
 	// files is the file port's server (serveFiles); nil without the port.
 	files *FileServer
+	// trials gives each file staged through the port its trial start;
+	// nil without the port.
+	trials *trial.Runner
 }
 
 // bootSteps is what PID 1 does, in order, before it runs the agent.
@@ -578,6 +582,7 @@ func (v *vm) runAgent(ctx context.Context, log *slog.Logger, handshaken func()) 
 		Dialer:           v.agentDial,
 		Rehearsal:        v.rehearsal,
 		RehearseMore:     v.rehearseMore(),
+		Quiesce:          v.quiesce,
 		CheckRoom:        func(size int64) error { return checkRoom(workDir, size, nil) },
 	})
 }
@@ -589,6 +594,14 @@ func (v *vm) rehearseMore() func(context.Context) error {
 		return nil
 	}
 	return v.files.Rehearse
+}
+
+// quiesce is the agent's Options.Quiesce: a deploy or a stop ends the
+// trial start under way.
+func (v *vm) quiesce() {
+	if v.trials != nil {
+		v.trials.End()
+	}
 }
 
 // rehearsal is the program the agent rehearses a deploy with: the image's

@@ -54,6 +54,10 @@ type Config struct {
 	// VMPrestage stages the artifact deployed last into every new VM
 	// before it joins the warm pool (default true; Prestage reads it).
 	VMPrestage *bool `json:"vm_prestage,omitempty"`
+	// VMTrialStart has a VM give the artifact staged into it ahead a trial
+	// start with its last deploy's arguments (internal/trial; default
+	// true, with vm_prestage; TrialStart reads it).
+	VMTrialStart *bool `json:"vm_trial_start,omitempty"`
 	// QEMUBinary and FirecrackerBinary override the VMM found in PATH.
 	QEMUBinary        string `json:"qemu_binary,omitempty"`
 	FirecrackerBinary string `json:"firecracker_binary,omitempty"`
@@ -350,6 +354,10 @@ func (c *Config) Snapshots() bool { return c.VMSnapshots == nil || *c.VMSnapshot
 // into each new VM ahead of a deploy (sandbox.Prestager): yes unless
 // vm_prestage is false.
 func (c *Config) Prestage() bool { return c.VMPrestage == nil || *c.VMPrestage }
+
+// TrialStart reports whether artifacts staged ahead get a trial start
+// (default true).
+func (c *Config) TrialStart() bool { return c.VMTrialStart == nil || *c.VMTrialStart }
 
 // PoolSize returns the configured pool size.
 func (c *Config) PoolSize() int {

@@ -65,7 +65,10 @@ type filePort struct {
 	closed bool
 }
 
-var _ sandbox.Prestager = (*vm)(nil)
+var (
+	_ sandbox.Prestager    = (*vm)(nil)
+	_ sandbox.TrialStarter = (*vm)(nil)
+)
 
 // Prestage implements sandbox.Prestager: a VM with a file port takes files
 // ahead of a deploy.
@@ -75,11 +78,21 @@ func (v *vm) Prestage() bool { return v.files != nil }
 // node) into the guest as agentapi.StagedDir/name and returns that path.
 // On any error the node streams the artifact over NATS as before.
 func (v *vm) Stage(ctx context.Context, src, name string) (string, error) {
+	return v.stage(ctx, src, name, nil)
+}
+
+// StageTrial implements sandbox.TrialStarter: Stage, and the guest then
+// gives the file a trial start with args (agentapi.FileHeader.Trial).
+func (v *vm) StageTrial(ctx context.Context, src, name string, args []string) (string, error) {
+	return v.stage(ctx, src, name, &agentapi.TrialStart{Args: args})
+}
+
+func (v *vm) stage(ctx context.Context, src, name string, trial *agentapi.TrialStart) (string, error) {
 	if v.files == nil {
 		return "", fmt.Errorf("stage into vm %s: no file port", v.id)
 	}
 	t0 := time.Now()
-	path, n, err := v.files.push(ctx, src, name)
+	path, n, err := v.files.send(ctx, agentapi.FileHeader{Name: name, Trial: trial}, src)
 	if err != nil {
 		return "", fmt.Errorf("stage into vm %s: %w", v.id, err)
 	}
@@ -110,7 +123,13 @@ func (v *vm) Unstage(ctx context.Context, name string) error {
 // push sends one file and returns where the guest put it. It gives up at
 // the transfer's deadline or when ctx ends, whichever comes first.
 func (p *filePort) push(ctx context.Context, src, name string) (string, int64, error) {
-	if err := agentapi.CheckStagedName(name); err != nil {
+	return p.send(ctx, agentapi.FileHeader{Name: name}, src)
+}
+
+// send is push of the file src as h.Name, with the rest of h (its sizes
+// are set here).
+func (p *filePort) send(ctx context.Context, h agentapi.FileHeader, src string) (string, int64, error) {
+	if err := agentapi.CheckStagedName(h.Name); err != nil {
 		return "", 0, err
 	}
 	f, err := os.Open(src)
@@ -129,10 +148,10 @@ func (p *filePort) push(ctx context.Context, src, name string) (string, int64, e
 	path, err := p.frame(ctx, size, func(conn net.Conn) (path string, err error) {
 		sent := false
 		if p.disk != "" && !p.noDisk {
-			path, sent, err = p.viaDisk(conn, name, size, f)
+			path, sent, err = p.viaDisk(conn, h, size, f)
 		}
 		if !sent && err == nil {
-			path, err = sendFile(conn, p.r, name, size, f)
+			path, err = sendFile(conn, p.r, h, size, f)
 		}
 		return path, err
 	})
@@ -208,9 +227,9 @@ func (p *filePort) via() string {
 }
 
 // viaDisk writes src's size bytes at the start of the stage disk and sends
-// a frame that names them. sent is false, with no error, when the guest
+// a frame (h, with DiskSize) that names them. sent is false, with no error, when the guest
 // cannot read the disk: the caller then sends the bytes in a frame.
-func (p *filePort) viaDisk(conn net.Conn, name string, size int64, src *os.File) (path string, sent bool, err error) {
+func (p *filePort) viaDisk(conn net.Conn, h agentapi.FileHeader, size int64, src *os.File) (path string, sent bool, err error) {
 	if err := writeDisk(p.disk, src, size); err != nil {
 		// Nothing was sent: the bytes can still go over the port.
 		p.log.Warn("Stage disk unusable on the host; sending the file over the port", "disk", p.disk, "error", err)
@@ -223,7 +242,8 @@ func (p *filePort) viaDisk(conn net.Conn, name string, size int64, src *os.File)
 	if _, err := src.Seek(0, io.SeekStart); err != nil {
 		return "", false, err
 	}
-	r, err := exchange(conn, p.r, agentapi.FileHeader{Name: name, DiskSize: size}, nil)
+	h.DiskSize = size
+	r, err := exchange(conn, p.r, h, nil)
 	switch {
 	case err != nil:
 		return "", false, err
@@ -315,10 +335,11 @@ func (e *refusedError) Error() string { return "guest refused the file: " + e.ms
 // Is makes a file that does not fit sandbox.ErrNoRoom.
 func (e *refusedError) Is(target error) bool { return e.noRoom && target == sandbox.ErrNoRoom }
 
-// sendFile writes one frame (header line, then size bytes of body) and
-// reads the guest's answer.
-func sendFile(w io.Writer, replies *bufio.Reader, name string, size int64, body io.Reader) (string, error) {
-	r, err := exchange(w, replies, agentapi.FileHeader{Name: name, Size: size}, body)
+// sendFile writes one frame (header line h with Size, then size bytes of
+// body) and reads the guest's answer.
+func sendFile(w io.Writer, replies *bufio.Reader, h agentapi.FileHeader, size int64, body io.Reader) (string, error) {
+	h.Size = size
+	r, err := exchange(w, replies, h, body)
 	if err != nil {
 		return "", err
 	}

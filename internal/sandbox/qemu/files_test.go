@@ -383,7 +383,7 @@ func TestFilePortVMEnded(t *testing.T) {
 
 func TestSendFileShortSource(t *testing.T) {
 	var w bytes.Buffer
-	_, err := sendFile(&w, bufio.NewReader(strings.NewReader("")), "x", 100, bytes.NewReader(make([]byte, 60)))
+	_, err := sendFile(&w, bufio.NewReader(strings.NewReader("")), agentapi.FileHeader{Name: "x"}, 100, bytes.NewReader(make([]byte, 60)))
 	if err == nil || !strings.Contains(err.Error(), "60 of 100") {
 		t.Fatalf("sendFile with a short source = %v", err)
 	}

@@ -437,3 +437,44 @@ func BenchmarkRestageMemory(b *testing.B) {
 	b.ReportMetric(last/float64(b.N), "MiB-RSS-after-8")
 	b.ReportMetric(0, "ns/op")
 }
+
+// BenchmarkTrialStartMemory is what a trial start (internal/trial) costs an
+// idle clone in host memory: the echo workload (9 MB) is staged into a
+// fresh clone with a trial start (told to echo on a subject, as a node's
+// prestage passes its last deploy's arguments) or without one, and the
+// QEMU process's RSS is read once the trial has ended (or, without one,
+// 2 s after the stage).
+func BenchmarkTrialStartMemory(b *testing.B) {
+	d := benchDriver(b, true)
+	h := sandboxtest.NewHarness(b)
+	wlPath := sandboxtest.BuildWorkload(b)
+	for _, trial := range []bool{false, true} {
+		b.Run(fmt.Sprintf("trial=%v", trial), func(b *testing.B) {
+			var rss float64
+			for range b.N {
+				vms, _, _ := bootToHandshake(b, d, h, 1)
+				v := vms[0].sb.(*vm)
+				waitConsole(b, b.Context(), v, "rehearsed a deploy")
+				var err error
+				if trial {
+					_, err = v.StageTrial(b.Context(), wlPath, "wl", []string{"echo", "bench.trial"})
+				} else {
+					_, err = v.Stage(b.Context(), wlPath, "wl")
+				}
+				if err != nil {
+					b.Fatal(err)
+				}
+				if trial {
+					waitConsole(b, b.Context(), v, `msg="trial start ended`)
+				} else {
+					time.Sleep(2 * time.Second)
+				}
+				r, _ := procMemKiB(b, v.PID())
+				rss += float64(r) / 1024
+				stopAll(vms)
+			}
+			b.ReportMetric(rss/float64(b.N), "MiB-RSS")
+			b.ReportMetric(0, "ns/op")
+		})
+	}
+}

@@ -202,3 +202,68 @@ func waitConsole(t testing.TB, ctx context.Context, v *vm, want string) {
 		console, _ = os.ReadFile(v.path(consoleFile))
 	}
 }
+
+// TestTrialStartOfAStagedWorkload: a workload staged into an idle VM with
+// a trial start (StageTrial, as a node's prestage does) runs once in the
+// guest, jailed (internal/trial): the suite's workload, told to echo on a
+// subject, connects to the trial's NATS server, answers the request it
+// sends, and is ended then, which the console shows. A data file staged
+// with a trial start, and a program staged without one, get none. A deploy
+// of the staged workload then runs it as usual, with its own arguments
+// and output.
+func TestTrialStartOfAStagedWorkload(t *testing.T) {
+	requireVM(t)
+	inColdAndCloned(t, vmSetup(t), func(t *testing.T, d *Driver) {
+		ctx, cancel := context.WithTimeout(context.Background(), vmTimeout)
+		defer cancel()
+		h := sandboxtest.NewHarness(t)
+		ag := h.AddAgent("trial" + strings.ReplaceAll(t.Name(), "/", ""))
+		sb := startReady(t, ctx, d, ag)
+		ts := sb.(sandbox.TrialStarter)
+		data, _ := artifact(t, 1<<20)
+		if _, err := ts.StageTrial(ctx, data, "data", []string{"echo", "x"}); err != nil {
+			t.Fatal(err)
+		}
+		wlPath := sandboxtest.BuildWorkload(t)
+		if _, err := sb.(sandbox.Stager).Stage(ctx, wlPath, "plain"); err != nil {
+			t.Fatal(err)
+		}
+		wl, err := os.ReadFile(wlPath)
+		if err != nil {
+			t.Fatal(err)
+		}
+		sum := sha256.Sum256(wl)
+		hash := hex.EncodeToString(sum[:])
+		staged, err := ts.StageTrial(ctx, wlPath, hash, []string{"echo", "svc.trial"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		waitConsole(t, ctx, sb.(*vm), `msg="trial start ended`)
+		console, _ := os.ReadFile(sb.(*vm).path(consoleFile))
+		var ended []string
+		for _, l := range strings.Split(string(console), "\n") {
+			if strings.Contains(l, `msg="trial start`) {
+				ended = append(ended, l)
+			}
+		}
+		if len(ended) != 1 || !strings.Contains(ended[0], `msg="trial start ended once its requests were answered"`) ||
+			!strings.Contains(ended[0], "file="+hash) || !strings.Contains(ended[0], "requests=1") {
+			t.Fatalf("trial starts in the console: %q; want the workload's alone, ended once its request was answered", ended)
+		}
+		dep := agentapi.Deploy{WorkloadID: "trial", Name: "workload", Namespace: "default", Type: "native",
+			Hash: hash, Size: int64(len(wl)), StagedPath: staged, Argv: []string{"exit", "3"}}
+		if r, err := ag.Deploy(ctx, dep, nil); err != nil || !r.OK {
+			t.Fatalf("deploy the staged workload: %+v, %v", r, err)
+		}
+		if err := ag.WaitLog(ctx, "stdout", "hello stdout"); err != nil {
+			t.Fatal(err)
+		}
+		ev, err := ag.WaitEvent(ctx, agentapi.EventWorkloadExited)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if ev.Code != 3 {
+			t.Fatalf("the deployed workload ended %+v, want exit 3", ev)
+		}
+	})
+}
