@@ -32,6 +32,10 @@ import (
 // (sandboxtest.BuildCEcho) instead of the Go one: what a deploy costs
 // beyond the workload's own start, which for a Go program under TCG is
 // tens of milliseconds before main. It needs a C compiler.
+//
+// trial_start=false is the clone pool, staged ahead, with vm_trial_start
+// off: the staged file is not run before its deploy (internal/trial), so
+// the deploy's run is the first in that QEMU. Every other case has it on.
 func BenchmarkVMDeployToFirstReply(b *testing.B) {
 	img, wl := vmImage(b)
 	saved := defaultRefillDelay
@@ -41,15 +45,21 @@ func BenchmarkVMDeployToFirstReply(b *testing.B) {
 		delay    time.Duration
 		prestage bool
 		c        bool
-	}{{false, saved, true, false}, {true, saved, true, false}, {true, saved, false, false}, {true, 50 * time.Millisecond, true, false}, {true, saved, true, true}} {
+		noTrial  bool // vm_trial_start false
+	}{{false, saved, true, false, false}, {true, saved, true, false, false}, {true, saved, false, false, false},
+		{true, 50 * time.Millisecond, true, false, false}, {true, saved, true, true, false}, {true, saved, true, false, true}} {
 		snap, prestage := run.snap, run.prestage
 		defaultRefillDelay = run.delay
 		name := fmt.Sprintf("snapshot=%v/refill_delay=%v/prestage=%v", snap, run.delay, prestage)
 		if run.c {
 			name += "/workload=c"
 		}
+		if run.noTrial {
+			name += "/trial_start=false"
+		}
+		trial := !run.noTrial
 		b.Run(name, func(b *testing.B) {
-			h := newVMNode(b, img, snap, prestage)
+			h := newVMNode(b, img, snap, prestage, func(c *config.Config) { c.VMTrialStart = &trial })
 			path := wl
 			if run.c {
 				path = sandboxtest.BuildCEcho(b)
