@@ -245,12 +245,17 @@ func TestTrialStartOfAStagedWorkload(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
+		// The whole line: the console file grows as the guest writes it.
 		waitConsole(t, ctx, sb.(*vm), `msg="trial start ended`)
-		console, _ := os.ReadFile(sb.(*vm).path(consoleFile))
 		var ended []string
-		for _, l := range strings.Split(string(console), "\n") {
-			if strings.Contains(l, `msg="trial start`) {
-				ended = append(ended, l)
+		for len(ended) == 0 && ctx.Err() == nil {
+			time.Sleep(20 * time.Millisecond)
+			console, _ := os.ReadFile(sb.(*vm).path(consoleFile))
+			lines := strings.Split(string(console), "\n")
+			for _, l := range lines[:len(lines)-1] { // the last is unfinished
+				if strings.Contains(l, `msg="trial start`) {
+					ended = append(ended, l)
+				}
 			}
 		}
 		if len(ended) != 1 || !strings.Contains(ended[0], `msg="trial start ended once its requests were answered"`) ||
