@@ -181,13 +181,13 @@ func (n *Node) prestage(ctx context.Context, h *sandboxHandle) {
 // deploy, and records it there. With vm_trial_start, a sandbox that can
 // then gives it a trial start with args, its last deploy's.
 func (n *Node) stageAhead(ctx context.Context, h *sandboxHandle, ps sandbox.Prestager, src, hash string, args []string) error {
-	stage := ps.Stage
+	var path string
+	var err error
 	if ts, ok := ps.(sandbox.TrialStarter); ok && n.cfg.TrialStart() {
-		stage = func(ctx context.Context, src, name string) (string, error) {
-			return ts.StageTrial(ctx, src, name, args)
-		}
+		path, err = ts.StageTrial(ctx, src, hash, args)
+	} else {
+		path, err = ps.Stage(ctx, src, hash)
 	}
-	path, err := stage(ctx, src, hash)
 	if err != nil {
 		return err
 	}

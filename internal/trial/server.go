@@ -31,10 +31,12 @@ const trialInbox = "_INBOX.trial."
 // with no data, whose reply it takes. What it is sent goes nowhere.
 type server struct {
 	requests, replies atomic.Int32
-	// answered is closed once every request sent has its reply: what a
-	// trial start is for has run.
-	answered     chan struct{}
+	// answered, if set, is called the first time every request sent has
+	// its reply (allAnswered), when done is set: what a trial start is for
+	// has run.
+	answered     func()
 	answeredOnce sync.Once
+	done         atomic.Bool
 
 	mu     sync.Mutex
 	conns  map[net.Conn]struct{}
@@ -154,8 +156,14 @@ func (s *server) conn(c net.Conn) error {
 				return err
 			}
 			if len(f) >= 3 && strings.HasPrefix(f[1], trialInbox) {
-				if s.replies.Add(1) >= min(s.requests.Load(), maxRequests) {
-					s.answeredOnce.Do(func() { close(s.answered) })
+				s.replies.Add(1)
+				if s.allAnswered() {
+					s.answeredOnce.Do(func() {
+						s.done.Store(true)
+						if s.answered != nil {
+							s.answered()
+						}
+					})
 				}
 			}
 		}
@@ -165,6 +173,12 @@ func (s *server) conn(c net.Conn) error {
 			}
 		}
 	}
+}
+
+// allAnswered reports whether requests were sent and each has its reply.
+func (s *server) allAnswered() bool {
+	sent := min(s.requests.Load(), maxRequests)
+	return sent > 0 && s.replies.Load() >= sent
 }
 
 // request is the MSG of one request to a subscription of subject with sid,

@@ -10,9 +10,10 @@ import (
 )
 
 // serverConn is a client's end of a trial server's connection.
-func serverConn(t *testing.T) (*server, net.Conn, *bufio.Reader) {
+func serverConn(t *testing.T) (*server, <-chan struct{}, net.Conn, *bufio.Reader) {
 	t.Helper()
-	s := &server{answered: make(chan struct{})}
+	answered := make(chan struct{})
+	s := &server{answered: func() { close(answered) }}
 	client, srv := net.Pipe()
 	go func() { _ = s.conn(srv); srv.Close() }()
 	t.Cleanup(func() { client.Close() })
@@ -21,7 +22,7 @@ func serverConn(t *testing.T) (*server, net.Conn, *bufio.Reader) {
 	if l := readLine(t, r); !strings.HasPrefix(l, "INFO {") {
 		t.Fatalf("first line %q, want INFO", l)
 	}
-	return s, client, r
+	return s, answered, client, r
 }
 
 func readLine(t *testing.T, r *bufio.Reader) string {
@@ -45,7 +46,7 @@ func write(t *testing.T, c net.Conn, s string) {
 // the PONG; its reply to it ends the trial's purpose (answered). Inbox
 // subscriptions get none.
 func TestServerRequestAfterTheFlush(t *testing.T) {
-	s, c, r := serverConn(t)
+	s, answered, c, r := serverConn(t)
 	write(t, c, "CONNECT {}\r\nSUB _INBOX.abc.* 1\r\nSUB svc.echo 2\r\nPING\r\n")
 	for _, want := range []string{"PONG", "MSG svc.echo 2 _INBOX.trial.1 0", ""} {
 		if l := readLine(t, r); l != want {
@@ -53,13 +54,13 @@ func TestServerRequestAfterTheFlush(t *testing.T) {
 		}
 	}
 	select {
-	case <-s.answered:
+	case <-answered:
 		t.Fatal("answered before the reply")
 	default:
 	}
 	write(t, c, "PUB _INBOX.trial.1 2\r\nok\r\n")
 	select {
-	case <-s.answered:
+	case <-answered:
 	case <-time.After(5 * time.Second):
 		t.Fatal("the reply did not count")
 	}
@@ -71,7 +72,7 @@ func TestServerRequestAfterTheFlush(t *testing.T) {
 // A client that subscribes and sends no PING gets its request all the
 // same, its wildcard tokens filled in.
 func TestServerRequestWithoutAFlush(t *testing.T) {
-	_, c, r := serverConn(t)
+	_, _, c, r := serverConn(t)
 	write(t, c, "CONNECT {}\r\nSUB svc.*.x.> q 7\r\n")
 	if l := readLine(t, r); l != "MSG svc.trial.x.trial 7 _INBOX.trial.1 0" {
 		t.Fatalf("got %q", l)

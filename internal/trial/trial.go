@@ -112,33 +112,18 @@ func Run(ctx context.Context, dir, path string, args []string, timeout time.Dura
 	if err != nil {
 		return Result{}, err
 	}
-	srv := &server{answered: make(chan struct{})}
-	go srv.serve(ln)
 	// Once its requests are answered, the program has run what it runs
 	// for a deploy's first request; what it would do next is wait, and an
 	// idle Go program under TCG still takes CPU (its runtime's timers)
 	// from the VMs that are serving deploys.
-	done := make(chan struct{})
-	go func() {
-		select {
-		case <-srv.answered:
-			cancel()
-		case <-done:
-		}
-	}()
+	srv := &server{answered: cancel}
+	go srv.serve(ln)
 	werr := wait(cmd)
-	close(done)
 	// Its processes are gone (the PID namespace's with its init), so its
 	// connections end once the server has read what they sent.
 	ln.Close()
 	srv.close(time.Second)
-	answered := false
-	select {
-	case <-srv.answered:
-		answered = true
-	default:
-	}
-	res := Result{Took: time.Since(t0), Killed: ctx.Err() != nil, Done: answered,
+	res := Result{Took: time.Since(t0), Killed: ctx.Err() != nil, Done: srv.done.Load(),
 		Requests: int(min(srv.requests.Load(), maxRequests)), Replies: int(srv.replies.Load())}
 	if cmd.ProcessState == nil {
 		return res, werr
@@ -184,7 +169,6 @@ type Runner struct {
 
 type running struct {
 	path   string
-	args   []string
 	cancel context.CancelFunc
 	done   chan struct{}
 }
@@ -199,7 +183,7 @@ func (r *Runner) Start(path string, args []string) {
 		return
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	cur := &running{path: path, args: args, cancel: cancel, done: make(chan struct{})}
+	cur := &running{path: path, cancel: cancel, done: make(chan struct{})}
 	r.cur = cur
 	timeout := r.Timeout
 	if timeout <= 0 {

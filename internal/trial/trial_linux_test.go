@@ -6,29 +6,30 @@ import (
 	"io"
 	"log/slog"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/nex-engine/nex/internal/sandbox/sandboxtest"
 )
 
-// probe builds testdata/probe into a directory of the test's own as name
-// ("probe" or "hang": its file's name says what it does) and returns its
-// path and the directory, where jails go (the same file system).
+// probe copies testdata/probe (built once per test process) into a
+// directory of the test's own as name ("probe" or "hang": its file's name
+// says what it does) and returns its path and the directory, where jails
+// go (the same file system).
 func probe(t *testing.T, name string) (path, dir string) {
 	t.Helper()
 	if os.Geteuid() != 0 {
 		t.Skip("a trial start needs root (chroot, setuid, namespaces)")
 	}
+	b, err := os.ReadFile(sandboxtest.BuildPackage(t, "trialprobe", "./internal/trial/testdata/probe"))
+	if err != nil {
+		t.Fatal(err)
+	}
 	dir = t.TempDir()
 	path = filepath.Join(dir, name)
-	cmd := exec.Command("go", "build", "-o", path, "./testdata/probe")
-	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
-	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("build probe: %v\n%s", err, out)
-	}
-	if err := os.Chmod(path, 0o700); err != nil { // as a staged file is
+	if err := os.WriteFile(path, b, 0o700); err != nil { // as a staged file is
 		t.Fatal(err)
 	}
 	return path, filepath.Join(dir, "trial")

@@ -120,14 +120,9 @@ func (v *vm) Unstage(ctx context.Context, name string) error {
 	return nil
 }
 
-// push sends one file and returns where the guest put it. It gives up at
-// the transfer's deadline or when ctx ends, whichever comes first.
-func (p *filePort) push(ctx context.Context, src, name string) (string, int64, error) {
-	return p.send(ctx, agentapi.FileHeader{Name: name}, src)
-}
-
-// send is push of the file src as h.Name, with the rest of h (its sizes
-// are set here).
+// send sends the file src as h.Name, with the rest of h (its sizes are
+// set here), and returns where the guest put it. It gives up at the
+// transfer's deadline or when ctx ends, whichever comes first.
 func (p *filePort) send(ctx context.Context, h agentapi.FileHeader, src string) (string, int64, error) {
 	if err := agentapi.CheckStagedName(h.Name); err != nil {
 		return "", 0, err

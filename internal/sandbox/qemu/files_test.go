@@ -401,3 +401,8 @@ func TestStageTimeoutGrowsWithSize(t *testing.T) {
 		t.Fatalf("stageTimeout(0) = %s, stageTimeout(max) = %s", small, big)
 	}
 }
+
+// push is send of a file with nothing in its header but its name.
+func (p *filePort) push(ctx context.Context, src, name string) (string, int64, error) {
+	return p.send(ctx, agentapi.FileHeader{Name: name}, src)
+}
