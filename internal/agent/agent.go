@@ -47,12 +47,15 @@ type Options struct {
 	// handshake: work that need not delay it (a VM's boot line) waits for it.
 	Handshaken func()
 	// Rehearsal, if set, is a command (argv[0] a path) of the sandbox's
-	// own that exits 0 by itself at once. The agent runs it once after its
-	// handshake, before any deploy, to rehearse a deploy (rehearse.go).
+	// own that exits 0 by itself at once, after a line on each of its
+	// output streams (a workload's first output). The agent runs it once
+	// after its handshake, before any deploy, to rehearse a deploy
+	// (rehearse.go).
 	Rehearsal []string
 	// RehearseMore, if set, runs after Rehearsal's command: more of a
-	// deploy's way that is the sandbox's own (a VM's stage disk read by
-	// PID 1). It must end soon after ctx does.
+	// deploy's way that is the sandbox's own (in a VM, PID 1's forwarder
+	// of the workloads' NATS connections and its read of the stage disk).
+	// It must end soon after ctx does.
 	RehearseMore func(ctx context.Context) error
 	// Quiesce, if set, is called when a deploy or a stop comes, after the
 	// rehearsal has ended: it ends what else ran while the sandbox waited

@@ -2,11 +2,13 @@ package agent
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
 	"time"
 
+	"github.com/nex-engine/nex/internal/agentapi"
 	"github.com/nex-engine/nex/internal/workload"
 )
 
@@ -14,18 +16,21 @@ import (
 // its later runs: QEMU translates the code first, and a snapshot clone's
 // QEMU starts with nothing translated. Much of what a deploy runs in the
 // guest's kernel and in the agent is the same for every workload: the
-// agent's fork and exec with its pipes, the kernel's ELF load and exit, and
-// the workload's TCP connection over loopback to PID 1's forwarder. A
+// agent's fork and exec with its pipes, the kernel's ELF load, pipe writes
+// and exit, the agent's reading of the workload's output into log lines,
+// and the workload's TCP connection over loopback to PID 1's forwarder. A
 // rehearsal runs that once while the sandbox waits for its deploy, with a
-// program of the sandbox's own (Options.Rehearsal) and a connection to a
-// listener of its own, so the deploy finds it translated. Then
-// Options.RehearseMore runs what else is the sandbox's own: in a QEMU VM,
-// PID 1's copy of a file from the stage disk (vminit.FileServer.Rehearse),
-// which a deploy of an artifact not staged ahead runs first. No workload
-// code runs, and nothing leaves the guest. In a VM the program is the image's
-// true (guestimage.TrueFile): a Go program (this binary) would rehearse a
-// Go start too, but its run dirtied ≈ 28 MiB of a clone's memory, which
-// then stayed with the idle clone.
+// program of the sandbox's own (Options.Rehearsal), whose lines it splits
+// and encodes as a workload's and then drops, and a connection to a
+// listener of its own. Then Options.RehearseMore runs what else is the
+// sandbox's own: in a QEMU VM, one connection through PID 1's forwarder to
+// the node's NATS, which it leaves after the server's INFO, and PID 1's
+// copy of a file from the stage disk (vminit.FileServer.Rehearse), which a
+// deploy of an artifact not staged ahead runs first. No workload code
+// runs, and nothing but that connection leaves the guest. In a VM the
+// program is the image's guestimage.RehearsalFile: a Go program (this
+// binary) would rehearse a Go start too, but its run dirtied ≈ 28 MiB of a
+// clone's memory, which then stayed with the idle clone.
 
 // rehearsalTimeout bounds a rehearsal.
 const rehearsalTimeout = 10 * time.Second
@@ -90,7 +95,10 @@ func (a *agent) rehearse(ctx context.Context) error {
 		return errors.New("no native runtime")
 	}
 	argv := a.o.Rehearsal
-	out := newLineWriter("stdout", func(string, string) {}) // split like a workload's, dropped
+	// Split and encoded like a workload's output, then dropped.
+	out := newLineWriter("stdout", func(stream, text string) {
+		_, _ = json.Marshal(agentapi.LogLine{Stream: stream, Text: text, Time: time.Now()})
+	})
 	h, err := rt.Start(ctx, workload.Spec{
 		Name: argv[0], Path: argv[0], Args: argv[1:],
 		Env: []string{"PATH=" + defaultPath}, Dir: a.o.WorkDir,

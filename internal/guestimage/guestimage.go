@@ -318,7 +318,7 @@ func writeInitramfs(w *bytes.Buffer, agent []byte, machine elf.Machine, mods []M
 		cpio.Dir("tmp", 0o1777),
 	}
 	if machine == elf.EM_X86_64 {
-		recs = append(recs, cpio.Dir("bin", 0o755), cpio.File(TrueFile, 0o755, trueELF()))
+		recs = append(recs, cpio.Dir("bin", 0o755), cpio.File(RehearsalFile, 0o755, rehearsalELF()))
 	}
 	for i, m := range mods {
 		recs = append(recs, cpio.File(ModulesDir+"/"+m.File(), 0o644, modData[i]))

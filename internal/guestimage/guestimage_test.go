@@ -87,8 +87,8 @@ func TestBuildFromSuppliedKernel(t *testing.T) {
 	if !bytes.Equal(ar["init"].Data, in.agent) || ar["init"].Mode != cpio.TypeRegular|0o755 {
 		t.Fatalf("/init is not the agent, executable (mode %o)", ar["init"].Mode)
 	}
-	if runtime.GOARCH == "amd64" && (!bytes.Equal(ar[TrueFile].Data, trueELF()) || ar[TrueFile].Mode != cpio.TypeRegular|0o755) {
-		t.Fatalf("/%s is not the rehearsal's program, executable (mode %o)", TrueFile, ar[TrueFile].Mode)
+	if runtime.GOARCH == "amd64" && (!bytes.Equal(ar[RehearsalFile].Data, rehearsalELF()) || ar[RehearsalFile].Mode != cpio.TypeRegular|0o755) {
+		t.Fatalf("/%s is not the rehearsal's program, executable (mode %o)", RehearsalFile, ar[RehearsalFile].Mode)
 	}
 	if c := ar["dev/console"]; c.Mode&cpio.TypeMask != cpio.TypeChar || c.RMajor != 5 || c.RMinor != 1 {
 		t.Fatalf("/dev/console = %+v", c)

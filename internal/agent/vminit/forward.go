@@ -1,11 +1,15 @@
 package vminit
 
 import (
+	"bufio"
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"net"
+	"strings"
 	"sync"
+	"time"
 
 	"github.com/nex-engine/nex/internal/splice"
 )
@@ -39,4 +43,30 @@ func forward(ctx context.Context, ln net.Listener, dial func(context.Context) (n
 			splice.Conns(ctx, c, up) // closes both
 		}()
 	}
+}
+
+// rehearseForward runs a workload's first steps through the forwarder at
+// addr once, for the agent's rehearsal (agent/rehearse.go): a connection
+// to it, which the forwarder splices to a new one to the node's NATS,
+// whose INFO line it reads. Then it hangs up: it never sends CONNECT, so
+// the node's NATS sees a client that left before it logged in.
+func rehearseForward(ctx context.Context, addr string) error {
+	var d net.Dialer
+	c, err := d.DialContext(ctx, "tcp", addr)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	if dl, ok := ctx.Deadline(); ok {
+		c.SetDeadline(dl)
+	}
+	defer context.AfterFunc(ctx, func() { c.SetDeadline(time.Unix(1, 0)) })()
+	line, err := bufio.NewReader(c).ReadString('\n')
+	if err != nil {
+		return err
+	}
+	if !strings.HasPrefix(line, "INFO ") {
+		return fmt.Errorf("the node's NATS said %q, not INFO", strings.TrimSpace(line))
+	}
+	return nil
 }

@@ -587,13 +587,19 @@ func (v *vm) runAgent(ctx context.Context, log *slog.Logger, handshaken func()) 
 	})
 }
 
-// rehearseMore is the agent's Options.RehearseMore: the file port's part
-// of a deploy (FileServer.Rehearse, which does nothing without a disk).
+// rehearseMore is the agent's Options.RehearseMore: PID 1's parts of a
+// deploy. The forwarder's (rehearseForward), then the file port's
+// (FileServer.Rehearse, which does nothing without a disk).
 func (v *vm) rehearseMore() func(context.Context) error {
-	if v.files == nil {
-		return nil
+	return func(ctx context.Context) error {
+		if err := rehearseForward(ctx, v.workloads.Addr().String()); err != nil {
+			return fmt.Errorf("nats forwarder: %w", err)
+		}
+		if v.files == nil {
+			return nil
+		}
+		return v.files.Rehearse(ctx)
 	}
-	return v.files.Rehearse
 }
 
 // quiesce is the agent's Options.Quiesce: a deploy or a stop ends the
@@ -605,9 +611,9 @@ func (v *vm) quiesce() {
 }
 
 // rehearsal is the program the agent rehearses a deploy with: the image's
-// true (guestimage.TrueFile), absent from images for other machines.
+// guestimage.RehearsalFile, absent from images for other machines.
 func rehearsal() []string {
-	p := "/" + guestimage.TrueFile
+	p := "/" + guestimage.RehearsalFile
 	if _, err := os.Stat(p); err != nil {
 		return nil
 	}

@@ -242,3 +242,78 @@ func TestEOFRetry(t *testing.T) {
 		t.Fatalf("a port whose host never comes: %v, want a plain EOF once ctx ends", err)
 	}
 }
+
+// TestRehearseForward: the rehearsal's connection through the forwarder
+// reaches the node's NATS (a real server, with users, as the node's is),
+// reads its INFO and leaves without logging in; a server that does not
+// speak NATS fails the rehearsal, and so does an ended context.
+func TestRehearseForward(t *testing.T) {
+	s, err := server.NewServer(&server.Options{Host: "127.0.0.1", Port: -1, NoLog: true, NoSigs: true,
+		Users: []*server.User{{Username: "wl", Password: "secret"}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.Start()
+	defer s.Shutdown()
+	if !s.ReadyForConnections(5 * time.Second) {
+		t.Fatal("nats server not ready")
+	}
+	fwd := func(target string) string {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan error, 1)
+		go func() {
+			var d net.Dialer
+			done <- forward(ctx, ln, func(ctx context.Context) (net.Conn, error) { return d.DialContext(ctx, "tcp", target) }, testLog(t))
+		}()
+		t.Cleanup(func() { cancel(); <-done })
+		return ln.Addr().String()
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := rehearseForward(ctx, fwd(s.Addr().String())); err != nil {
+		t.Fatalf("rehearse through the forwarder to NATS: %v", err)
+	}
+	vz, err := s.Varz(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if vz.TotalConnections != 1 {
+		t.Errorf("the server saw %d connections; want the rehearsal's one", vz.TotalConnections)
+	}
+	for deadline := time.Now().Add(5 * time.Second); s.NumClients() > 0 && time.Now().Before(deadline); {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if n := s.NumClients(); n != 0 {
+		t.Errorf("%d clients still connected after the rehearsal", n)
+	}
+
+	other, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer other.Close()
+	go func() {
+		for {
+			c, err := other.Accept()
+			if err != nil {
+				return
+			}
+			c.Write([]byte("-ERR 'not nats'\r\n"))
+			c.Close()
+		}
+	}()
+	err = rehearseForward(ctx, fwd(other.Addr().String()))
+	if err == nil || !strings.Contains(err.Error(), "not INFO") {
+		t.Errorf("rehearse to a server that is not NATS: %v; want a refusal", err)
+	}
+
+	ended, stop := context.WithCancel(context.Background())
+	stop()
+	if err := rehearseForward(ended, fwd(s.Addr().String())); err == nil {
+		t.Error("rehearsal with an ended context succeeded")
+	}
+}
