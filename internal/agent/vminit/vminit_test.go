@@ -162,18 +162,26 @@ func TestConfigFromCmdline(t *testing.T) {
 	}
 }
 
-// TestForwardToNATS runs a real NATS server behind the forwarder and talks
-// to it through the forwarded address, as a workload in a VM does.
-func TestForwardToNATS(t *testing.T) {
-	s, err := server.NewServer(&server.Options{Host: "127.0.0.1", Port: -1, NoLog: true, NoSigs: true})
+// natsServer runs a NATS server on loopback, with users if any are given,
+// until the test ends.
+func natsServer(t *testing.T, users []*server.User) *server.Server {
+	t.Helper()
+	s, err := server.NewServer(&server.Options{Host: "127.0.0.1", Port: -1, NoLog: true, NoSigs: true, Users: users})
 	if err != nil {
 		t.Fatal(err)
 	}
 	s.Start()
-	defer s.Shutdown()
+	t.Cleanup(s.Shutdown)
 	if !s.ReadyForConnections(5 * time.Second) {
 		t.Fatal("nats server not ready")
 	}
+	return s
+}
+
+// TestForwardToNATS runs a real NATS server behind the forwarder and talks
+// to it through the forwarded address, as a workload in a VM does.
+func TestForwardToNATS(t *testing.T) {
+	s := natsServer(t, nil)
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -248,16 +256,7 @@ func TestEOFRetry(t *testing.T) {
 // reads its INFO and leaves without logging in; a server that does not
 // speak NATS fails the rehearsal, and so does an ended context.
 func TestRehearseForward(t *testing.T) {
-	s, err := server.NewServer(&server.Options{Host: "127.0.0.1", Port: -1, NoLog: true, NoSigs: true,
-		Users: []*server.User{{Username: "wl", Password: "secret"}}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	s.Start()
-	defer s.Shutdown()
-	if !s.ReadyForConnections(5 * time.Second) {
-		t.Fatal("nats server not ready")
-	}
+	s := natsServer(t, []*server.User{{Username: "wl", Password: "secret"}})
 	fwd := func(target string) string {
 		ln, err := net.Listen("tcp", "127.0.0.1:0")
 		if err != nil {
