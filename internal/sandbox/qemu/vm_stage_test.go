@@ -40,11 +40,7 @@ func TestStageIntoGuest(t *testing.T) {
 func TestStageRehearsedWhileIdle(t *testing.T) {
 	requireVM(t)
 	inColdAndCloned(t, vmSetup(t), func(t *testing.T, d *Driver) {
-		ctx, cancel := context.WithTimeout(context.Background(), vmTimeout)
-		defer cancel()
-		h := sandboxtest.NewHarness(t)
-		ag := h.AddAgent("idle" + strings.ReplaceAll(t.Name(), "/", ""))
-		sb := startReady(t, ctx, d, ag)
+		ctx, ag, sb := readyVM(t, d, "idle")
 		waitConsole(t, ctx, sb.(*vm), "rehearsed a stage from the disk")
 		waitConsole(t, ctx, sb.(*vm), "rehearsed a deploy")
 		st := sb.(sandbox.Stager)
@@ -74,11 +70,7 @@ func TestStageRehearsedWhileIdle(t *testing.T) {
 }
 
 func testStage(t *testing.T, d *Driver) {
-	ctx, cancel := context.WithTimeout(context.Background(), vmTimeout)
-	defer cancel()
-	h := sandboxtest.NewHarness(t)
-	ag := h.AddAgent("stage" + strings.ReplaceAll(t.Name(), "/", ""))
-	sb := startReady(t, ctx, d, ag)
+	ctx, ag, sb := readyVM(t, d, "stage")
 	st, ok := sb.(sandbox.Stager)
 	if !ok {
 		t.Fatalf("%T does not implement sandbox.Stager", sb)
@@ -190,6 +182,17 @@ func probeSHA256(ag *sandboxtest.Agent, paths ...string) []string {
 	return out
 }
 
+// readyVM starts a VM of d for a new agent, named prefix and the test's
+// name, and waits for its handshake. The context bounds the test's VM work
+// (vmTimeout); it ends, and the VM stops, when the test does.
+func readyVM(t *testing.T, d *Driver, prefix string) (context.Context, *sandboxtest.Agent, sandbox.Sandbox) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), vmTimeout)
+	t.Cleanup(cancel)
+	ag := sandboxtest.NewHarness(t).AddAgent(prefix + strings.ReplaceAll(t.Name(), "/", ""))
+	return ctx, ag, startReady(t, ctx, d, ag)
+}
+
 // waitConsole waits until the guest's console has a line containing want.
 func waitConsole(t testing.TB, ctx context.Context, v *vm, want string) {
 	t.Helper()
@@ -214,11 +217,7 @@ func waitConsole(t testing.TB, ctx context.Context, v *vm, want string) {
 func TestTrialStartOfAStagedWorkload(t *testing.T) {
 	requireVM(t)
 	inColdAndCloned(t, vmSetup(t), func(t *testing.T, d *Driver) {
-		ctx, cancel := context.WithTimeout(context.Background(), vmTimeout)
-		defer cancel()
-		h := sandboxtest.NewHarness(t)
-		ag := h.AddAgent("trial" + strings.ReplaceAll(t.Name(), "/", ""))
-		sb := startReady(t, ctx, d, ag)
+		ctx, ag, sb := readyVM(t, d, "trial")
 		ts := sb.(sandbox.TrialStarter)
 		data, _ := artifact(t, 1<<20)
 		if _, err := ts.StageTrial(ctx, data, "data", []string{"echo", "x"}); err != nil {
