@@ -61,6 +61,11 @@ type Options struct {
 	// rehearsal has ended: it ends what else ran while the sandbox waited
 	// (a VM's trial start, internal/trial) and returns once that has.
 	Quiesce func()
+	// Deploying, if set, is called when a deploy comes, once its request
+	// has passed the first checks, before its workload starts: what the
+	// sandbox does then overlaps the workload's start (in a VM, PID 1's
+	// forwarder dials the node's NATS for the workload's first connection).
+	Deploying func()
 	// CheckRoom, if set, refuses an artifact of size bytes that would not
 	// fit in WorkDir, before it is fetched: in a VM, WorkDir is in guest
 	// RAM, and filling it would end in "no space left on device" after the

@@ -418,3 +418,38 @@ func TestDeployChecksRoomFirst(t *testing.T) {
 		t.Fatalf("work dir holds %v after the refusal", left)
 	}
 }
+
+// TestDeployingComesFirst: Options.Deploying runs when a deploy comes,
+// before its workload starts (the workload finds what it did), and not for
+// a deploy its first checks refuse.
+func TestDeployingComesFirst(t *testing.T) {
+	h := sandboxtest.NewHarness(t)
+	a := h.AddAgent("deploying")
+	mark := filepath.Join(t.TempDir(), "prepared")
+	var calls atomic.Int32
+	runAgent(t, testCtx(t), a, agent.Options{Deploying: func() {
+		calls.Add(1)
+		if err := os.WriteFile(mark, nil, 0o600); err != nil {
+			t.Error(err)
+		}
+	}})
+	if _, err := a.WaitHandshake(testCtx(t)); err != nil {
+		t.Fatal(err)
+	}
+	r, err := a.Deploy(testCtx(t), agentapi.Deploy{WorkloadID: "w0", Name: "../sh", Type: "native"}, []byte("x"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.OK || calls.Load() != 0 {
+		t.Fatalf("deploy of a bad name: %+v, Deploying called %d times; want a refusal, before it", r, calls.Load())
+	}
+	if r := shell(t, a, "w1", "test -f "+mark+" && echo prepared first"); !r.OK {
+		t.Fatalf("deploy: %+v", r)
+	}
+	if err := a.WaitLog(testCtx(t), "stdout", "prepared first"); err != nil {
+		t.Fatal(err)
+	}
+	if n := calls.Load(); n != 1 {
+		t.Fatalf("Deploying called %d times for one deploy", n)
+	}
+}

@@ -55,6 +55,9 @@ func (a *agent) deploy(d *agentapi.Deploy) (err error) {
 	if d.Hash == "" {
 		return errors.New("deploy has no artifact hash")
 	}
+	if a.o.Deploying != nil {
+		a.o.Deploying()
+	}
 
 	// The rehearsal's process goes before the workload comes.
 	a.endRehearsal()

@@ -73,6 +73,9 @@ type vm struct {
 	via string
 	// workloads is where workloads find NATS (agentapi.WorkloadNATSAddr).
 	workloads net.Listener
+	// fwd forwards the connections made there to the node's NATS
+	// (dialNode).
+	fwd *forwarder
 	// natsPort is the NATS port's session, opened before the config.
 	natsPort *natsPort
 	// agentDial is the agent's NATS client's dialer (nodeDialers).
@@ -402,8 +405,9 @@ func (v *vm) dialNode(ctx context.Context) error {
 		return err
 	}
 	v.agentDial = agentDial
+	v.fwd = newForwarder(ctx, workloads, v.log)
 	go func() {
-		if err := forward(ctx, v.workloads, workloads, v.log); err != nil {
+		if err := v.fwd.serve(v.workloads); err != nil {
 			v.log.Error("nats forwarder", keyError, err)
 		}
 	}()
@@ -583,15 +587,18 @@ func (v *vm) runAgent(ctx context.Context, log *slog.Logger, handshaken func()) 
 		Rehearsal:        v.rehearsal,
 		RehearseMore:     v.rehearseMore(),
 		Quiesce:          v.quiesce,
+		Deploying:        v.deploying,
 		CheckRoom:        func(size int64) error { return checkRoom(workDir, size, nil) },
 	})
 }
 
 // rehearseMore is the agent's Options.RehearseMore: PID 1's parts of a
-// deploy. The forwarder's (rehearseForward), then the file port's
+// deploy. The forwarder's (a connection dialled ahead, as for a deploy,
+// which rehearseForward's takes), then the file port's
 // (FileServer.Rehearse, which does nothing without a disk).
 func (v *vm) rehearseMore() func(context.Context) error {
 	return func(ctx context.Context) error {
+		v.deploying()
 		if err := rehearseForward(ctx, v.workloads.Addr().String()); err != nil {
 			return fmt.Errorf("nats forwarder: %w", err)
 		}
@@ -607,6 +614,14 @@ func (v *vm) rehearseMore() func(context.Context) error {
 func (v *vm) quiesce() {
 	if v.trials != nil {
 		v.trials.End()
+	}
+}
+
+// deploying is the agent's Options.Deploying: the forwarder dials the
+// node's NATS for the workload's first connection while it starts.
+func (v *vm) deploying() {
+	if v.fwd != nil {
+		v.fwd.prepare()
 	}
 }
 

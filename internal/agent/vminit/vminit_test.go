@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"reflect"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -221,6 +222,96 @@ func TestForwardToNATS(t *testing.T) {
 	}
 	if _, err := net.Dial("tcp", ln.Addr().String()); err == nil {
 		t.Fatal("listener still accepts after cancel")
+	}
+}
+
+// TestForwarderDialsAhead: after prepare, the first workload connection
+// gets the connection already made to the node's NATS (a real server with
+// users, as the node's is) and logs in over it, while any other dial would
+// hang; a spare nobody takes is closed after the forwarder's ttl, and the
+// next connection dials anew; a spare whose dial failed is dialled again.
+func TestForwarderDialsAhead(t *testing.T) {
+	s := natsServer(t, []*server.User{{Username: "wl", Password: "secret"}})
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var dials atomic.Int32
+	var hang, fail atomic.Bool
+	release := make(chan struct{})
+	ctx, cancel := context.WithCancel(context.Background())
+	f := newForwarder(ctx, func(ctx context.Context) (net.Conn, error) {
+		dials.Add(1)
+		if fail.Swap(false) {
+			return nil, errors.New("no way to the node")
+		}
+		if hang.Load() {
+			select {
+			case <-release:
+			case <-ctx.Done():
+				return nil, ctx.Err()
+			}
+		}
+		var d net.Dialer
+		return d.DialContext(ctx, "tcp", s.Addr().String())
+	}, testLog(t))
+	done := make(chan error, 1)
+	go func() { done <- f.serve(ln) }()
+	defer func() {
+		close(release)
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("serve: %v", err)
+		}
+	}()
+	clients := func(want int) {
+		t.Helper()
+		for deadline := time.Now().Add(5 * time.Second); s.NumClients() != want && time.Now().Before(deadline); {
+			time.Sleep(5 * time.Millisecond)
+		}
+		if n := s.NumClients(); n != want {
+			t.Fatalf("the server has %d clients; want %d", n, want)
+		}
+	}
+	connect := func() *nats.Conn {
+		t.Helper()
+		nc, err := nats.Connect("nats://"+ln.Addr().String(), nats.UserInfo("wl", "secret"), nats.Timeout(5*time.Second))
+		if err != nil {
+			t.Fatalf("connect through the forwarder: %v", err)
+		}
+		if _, err := nc.Request("none.here", nil, time.Second); !errors.Is(err, nats.ErrNoResponders) {
+			t.Fatalf("a request over it: %v; want no responders from the server", err)
+		}
+		return nc
+	}
+
+	f.prepare()
+	f.prepare() // one spare at a time
+	clients(1)
+	hang.Store(true)
+	nc := connect()
+	defer nc.Close()
+	if n := dials.Load(); n != 1 {
+		t.Fatalf("%d dials for one prepared connection", n)
+	}
+	hang.Store(false)
+
+	f.ttl = 50 * time.Millisecond
+	f.prepare()
+	clients(2)
+	clients(1) // the unused spare is closed
+	nc2 := connect()
+	defer nc2.Close()
+	if n := dials.Load(); n != 3 {
+		t.Fatalf("%d dials; want 3 (a spare, a spare that expired, a new one)", n)
+	}
+
+	fail.Store(true)
+	f.prepare()
+	nc3 := connect()
+	defer nc3.Close()
+	if n := dials.Load(); n != 5 {
+		t.Fatalf("%d dials; want 5 (the failed spare, then a new one)", n)
 	}
 }
 
