@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"os"
 	"time"
 
 	"github.com/nex-engine/nex/internal/agentapi"
@@ -117,10 +118,56 @@ func (a *agent) rehearse(ctx context.Context) error {
 	if ex.Code != 0 {
 		return fmt.Errorf("%s: %s", argv[0], ex.Message)
 	}
+	if err := a.rehearseDeploy(); err != nil {
+		return fmt.Errorf("the agent's part: %w", err)
+	}
 	if a.o.RehearseMore != nil {
 		return a.o.RehearseMore(ctx)
 	}
 	return nil
+}
+
+// rehearseDeploy runs the agent's own handling of a deploy on a made-up
+// one, short of the start: its request decoded, the workload's environment
+// made, a file staged ahead moved into place (a file of the rehearsal's
+// own, removed after), the started event and the answer encoded.
+func (a *agent) rehearseDeploy() error {
+	staged, err := os.CreateTemp(a.o.WorkDir, ".rehearsal-*")
+	if err != nil {
+		return err
+	}
+	defer os.Remove(staged.Name())
+	_, err = staged.Write([]byte("rehearsal\n"))
+	if cerr := staged.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return err
+	}
+	req, err := json.Marshal(agentapi.Deploy{WorkloadID: "rehearsal", Name: "rehearsal", Namespace: "rehearsal",
+		Type: "native", Argv: []string{"rehearsal"}, Env: map[string]string{"REHEARSAL": "1"},
+		Hash: "rehearsal", Size: 10, NATSUser: "rehearsal", NATSPassword: "rehearsal", StagedPath: staged.Name()})
+	if err != nil {
+		return err
+	}
+	var d agentapi.Deploy
+	if err := json.Unmarshal(req, &d); err != nil {
+		return err
+	}
+	if err := checkName(d.Name); err != nil {
+		return err
+	}
+	_ = a.environment(&d)
+	path := staged.Name() + ".taken"
+	defer os.Remove(path)
+	if err := takeStaged(&d, path); err != nil {
+		return err
+	}
+	if _, err := json.Marshal(agentapi.Event{Type: agentapi.EventWorkloadStarted, WorkloadID: d.WorkloadID, Message: "started " + d.Name}); err != nil {
+		return err
+	}
+	_, err = json.Marshal(agentapi.Reply{OK: true})
+	return err
 }
 
 // loopbackRoundTrip connects to a listener of its own on 127.0.0.1 and

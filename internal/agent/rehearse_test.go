@@ -57,10 +57,11 @@ func noRehearsalLogs(t *testing.T, a *sandboxtest.Agent) {
 func TestRehearsalRunsOnceAfterHandshake(t *testing.T) {
 	h := sandboxtest.NewHarness(t)
 	a := h.AddAgent("reh1")
-	dir := t.TempDir()
+	dir, work := t.TempDir(), t.TempDir()
 	var more atomic.Int32
 	moreDone := make(chan struct{})
 	runAgent(t, testCtx(t), a, agent.Options{
+		WorkDir:   work,
 		Rehearsal: rehearsalScript(dir, "echo ran >> "+filepath.Join(dir, "runs")),
 		RehearseMore: func(context.Context) error {
 			defer close(moreDone)
@@ -82,6 +83,11 @@ func TestRehearsalRunsOnceAfterHandshake(t *testing.T) {
 	case <-moreDone:
 	case <-testCtx(t).Done():
 		t.Fatal("RehearseMore never ran")
+	}
+	// The agent's part of the rehearsal (a made-up deploy, its staged file
+	// taken) ran before RehearseMore and left nothing in the work dir.
+	if left, err := os.ReadDir(work); err != nil || len(left) != 0 {
+		t.Fatalf("the work dir holds %v after the rehearsal (%v)", left, err)
 	}
 	if r := shell(t, a, "w1", "echo deployed"); !r.OK {
 		t.Fatalf("deploy after the rehearsal: %+v", r)
