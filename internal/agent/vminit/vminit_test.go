@@ -285,6 +285,22 @@ func TestForwarderDialsAhead(t *testing.T) {
 		return nc
 	}
 
+	total := func(want uint64) {
+		t.Helper()
+		var got uint64
+		for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(5 * time.Millisecond) {
+			vz, err := s.Varz(nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got = vz.TotalConnections; got == want {
+				return
+			}
+		}
+		t.Fatalf("the server has seen %d connections; want %d", got, want)
+	}
+
+	f.ttl = time.Minute // long enough for a busy machine to connect in
 	f.prepare()
 	f.prepare() // one spare at a time
 	clients(1)
@@ -298,8 +314,8 @@ func TestForwarderDialsAhead(t *testing.T) {
 
 	f.ttl = 50 * time.Millisecond
 	f.prepare()
-	clients(2)
-	clients(1) // the unused spare is closed
+	total(2)   // the spare reached the server (a count that only grows)
+	clients(1) // and was closed unused
 	nc2 := connect()
 	defer nc2.Close()
 	if n := dials.Load(); n != 3 {
