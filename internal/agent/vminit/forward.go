@@ -54,12 +54,6 @@ func newForwarder(ctx context.Context, dial func(context.Context) (net.Conn, err
 	return &forwarder{ctx: ctx, dial: dial, log: log, ttl: spareTTL}
 }
 
-// forward serves the workloads' connections on ln with a forwarder of its
-// own, until ctx ends or ln is closed.
-func forward(ctx context.Context, ln net.Listener, dial func(context.Context) (net.Conn, error), log *slog.Logger) error {
-	return newForwarder(ctx, dial, log).serve(ln)
-}
-
 // serve accepts connections on ln and splices each to the spare, or to a
 // new connection, until the forwarder's context ends or ln is closed.
 func (f *forwarder) serve(ln net.Listener) error {

@@ -192,7 +192,7 @@ func TestForwardToNATS(t *testing.T) {
 	target := s.Addr().String()
 	done := make(chan error, 1)
 	go func() {
-		done <- forward(ctx, ln, func(ctx context.Context) (net.Conn, error) { return d.DialContext(ctx, "tcp", target) }, testLog(t))
+		done <- newForwarder(ctx, func(ctx context.Context) (net.Conn, error) { return d.DialContext(ctx, "tcp", target) }, testLog(t)).serve(ln)
 	}()
 
 	nc, err := nats.Connect("nats://" + ln.Addr().String())
@@ -373,7 +373,7 @@ func TestRehearseForward(t *testing.T) {
 		done := make(chan error, 1)
 		go func() {
 			var d net.Dialer
-			done <- forward(ctx, ln, func(ctx context.Context) (net.Conn, error) { return d.DialContext(ctx, "tcp", target) }, testLog(t))
+			done <- newForwarder(ctx, func(ctx context.Context) (net.Conn, error) { return d.DialContext(ctx, "tcp", target) }, testLog(t)).serve(ln)
 		}()
 		t.Cleanup(func() { cancel(); <-done })
 		return ln.Addr().String()
