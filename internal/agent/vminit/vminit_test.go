@@ -264,14 +264,29 @@ func TestForwarderDialsAhead(t *testing.T) {
 			t.Errorf("serve: %v", err)
 		}
 	}()
-	clients := func(want int) {
+	// count waits until get, a count the server keeps, is want.
+	count := func(what string, want int, get func() int) {
 		t.Helper()
-		for deadline := time.Now().Add(5 * time.Second); s.NumClients() != want && time.Now().Before(deadline); {
+		got := get()
+		for deadline := time.Now().Add(5 * time.Second); got != want && time.Now().Before(deadline); got = get() {
 			time.Sleep(5 * time.Millisecond)
 		}
-		if n := s.NumClients(); n != want {
-			t.Fatalf("the server has %d clients; want %d", n, want)
+		if got != want {
+			t.Fatalf("the server has %d %s; want %d", got, what, want)
 		}
+	}
+	clients := func(want int) { t.Helper(); count("clients", want, s.NumClients) }
+	// total counts every connection the server has seen, so a spare that
+	// came and went is counted however briefly it lived.
+	total := func(want int) {
+		t.Helper()
+		count("connections seen", want, func() int {
+			vz, err := s.Varz(nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return int(vz.TotalConnections)
+		})
 	}
 	connect := func() *nats.Conn {
 		t.Helper()
@@ -283,21 +298,6 @@ func TestForwarderDialsAhead(t *testing.T) {
 			t.Fatalf("a request over it: %v; want no responders from the server", err)
 		}
 		return nc
-	}
-
-	total := func(want uint64) {
-		t.Helper()
-		var got uint64
-		for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(5 * time.Millisecond) {
-			vz, err := s.Varz(nil)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if got = vz.TotalConnections; got == want {
-				return
-			}
-		}
-		t.Fatalf("the server has seen %d connections; want %d", got, want)
 	}
 
 	f.ttl = time.Minute // long enough for a busy machine to connect in
