@@ -2,18 +2,20 @@ package vminit_test
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/json"
 	"fmt"
-	"io"
 	"net"
 	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -125,6 +127,7 @@ type guest struct {
 	handshake agentapi.Handshake
 	took      time.Duration // QEMU start → handshake request received
 	cmdline   []string
+	console   *consoleLog
 }
 
 // boot starts QEMU with the image and waits for the agent's handshake.
@@ -201,12 +204,12 @@ func boot(tb testing.TB, qemuBin string, img guestimage.Image, n node, id string
 	g.cmd = exec.Command(qemuBin, args...)
 	// A test killed mid-boot must not leave its VM running.
 	g.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	console, err := g.cmd.StdoutPipe()
-	if err != nil {
-		tb.Fatal(err)
-	}
-	g.cmd.Stderr = g.cmd.Stdout
 	start := time.Now()
+	g.console = &consoleLog{tb: tb, start: start}
+	g.cmd.Stdout, g.cmd.Stderr = g.console, g.console
+	// Wait returns once the console is read to its end, unless something
+	// QEMU started holds it open.
+	g.cmd.WaitDelay = 5 * time.Second
 	if err := g.cmd.Start(); err != nil {
 		tb.Fatalf("start qemu: %v", err)
 	}
@@ -218,7 +221,6 @@ func boot(tb testing.TB, qemuBin string, img guestimage.Image, n node, id string
 			<-g.exited
 		}
 	})
-	go logConsole(tb, console, start)
 	go func() { g.exited <- g.cmd.Wait() }()
 
 	timeout := time.NewTimer(2 * time.Minute)
@@ -268,11 +270,37 @@ func answerConfig(ln net.Listener, meta agentapi.Metadata) error {
 	return json.NewEncoder(c).Encode(agentapi.VMConfig{Metadata: meta, Now: time.Now(), Entropy: random(64)})
 }
 
-func logConsole(tb testing.TB, r io.Reader, start time.Time) {
-	sc := bufio.NewScanner(r)
-	for sc.Scan() {
-		tb.Logf("console %6d ms: %s", time.Since(start).Milliseconds(), sc.Text())
+// consoleLog is the guest's console (QEMU's stdout and stderr): each line
+// goes to the test's log and is kept for consoleHas.
+type consoleLog struct {
+	tb    testing.TB
+	start time.Time
+	mu    sync.Mutex
+	part  []byte
+	lines []string
+}
+
+func (c *consoleLog) Write(p []byte) (int, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.part = append(c.part, p...)
+	for {
+		i := bytes.IndexByte(c.part, '\n')
+		if i < 0 {
+			return len(p), nil
+		}
+		line := strings.TrimRight(string(c.part[:i]), "\r")
+		c.part = c.part[i+1:]
+		c.lines = append(c.lines, line)
+		c.tb.Logf("console %6d ms: %s", time.Since(c.start).Milliseconds(), line)
 	}
+}
+
+// has reports whether a whole line of the console so far contains s.
+func (c *consoleLog) has(s string) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return slices.ContainsFunc(c.lines, func(l string) bool { return strings.Contains(l, s) })
 }
 
 // debugArg turns on the guest's debug logs when the test runs with
@@ -316,17 +344,34 @@ func TestBootHandshake(t *testing.T) {
 		t.Fatalf("handshake %+v: want sandbox %s from the VM's init", g.handshake, g.id)
 	}
 
-	// Undeploy with no workload ends the agent; init then powers the VM off.
+	// Undeploy with no workload ends the agent; init then ends the VM.
+	undeploy(t, n, g)
+	g.waitExit(t, time.Minute)
+	// The VM ended by sysrq b, not through the kernel's orderly shutdown
+	// (device_shutdown, which can hang in virtio-net: powerOff).
+	if !g.console.has("sysrq: Resetting") {
+		t.Error(`the console has no "sysrq: Resetting": init did not end the VM by an emergency restart`)
+	}
+	for _, orderly := range []string{"reboot: Power down", "reboot: Restarting system"} {
+		if g.console.has(orderly) {
+			t.Errorf("the console has %q: the kernel's orderly shutdown ran", orderly)
+		}
+	}
+}
+
+// undeploy asks g's agent, which runs no workload, to undeploy: it answers
+// and ends.
+func undeploy(tb testing.TB, n node, g *guest) {
+	tb.Helper()
 	b, _ := json.Marshal(agentapi.Undeploy{Reason: "boot test done"})
 	msg, err := n.nc.Request(agentapi.UndeploySubject(g.id), b, 30*time.Second)
 	if err != nil {
-		t.Fatalf("undeploy: %v", err)
+		tb.Fatalf("undeploy: %v", err)
 	}
 	var r agentapi.Reply
 	if err := json.Unmarshal(msg.Data, &r); err != nil || !r.OK {
-		t.Fatalf("undeploy reply %s: %v", msg.Data, err)
+		tb.Fatalf("undeploy reply %s: %v", msg.Data, err)
 	}
-	g.waitExit(t, time.Minute)
 }
 
 // TestBootHandshakeKernelCmdline boots without a config port, as on
@@ -362,4 +407,23 @@ func BenchmarkBootToHandshake(b *testing.B) {
 	}
 	b.ReportMetric(float64(total.Milliseconds())/float64(i), "ms/handshake")
 	b.ReportMetric(float64(best.Milliseconds()), "best-ms")
+}
+
+// BenchmarkUndeployToExit reports how long a VM takes to end once its agent
+// has answered an undeploy: the agent's drain, then PID 1's way out.
+func BenchmarkUndeployToExit(b *testing.B) {
+	qemu := requireVM(b)
+	img := buildImage(b)
+	n := startNode(b)
+	var total time.Duration
+	i := 0
+	for b.Loop() {
+		i++
+		g := boot(b, qemu, img, n, fmt.Sprintf("vmexit%d", i), false)
+		start := time.Now()
+		undeploy(b, n, g)
+		g.waitExit(b, time.Minute)
+		total += time.Since(start)
+	}
+	b.ReportMetric(float64(total.Microseconds())/1000/float64(i), "ms/exit")
 }

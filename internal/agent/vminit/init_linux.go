@@ -534,21 +534,45 @@ func exitStatus(ws unix.WaitStatus) string {
 	return fmt.Sprintf("exit %d", ws.ExitStatus())
 }
 
-// powerOff ends the VM. Powering off needs ACPI; a guest without it (nex's
-// small kernel, which QEMU boots with acpi=off) would only halt, leaving the
-// VMM running, so it restarts instead, which ends the VM as well: QEMU runs
-// with -no-reboot, and Firecracker exits on the i8042 reset of reboot=k.
-// Should that fail too, PID 1 exits, the kernel panics and panic=-1
-// reboots, which again ends the VMM.
+// powerOff ends the VM. It skips the kernel's orderly shutdown: an
+// emergency restart (sysrq b) resets the machine at once, without
+// device_shutdown, which has nothing to save here (the agent has flushed
+// what it sends to the node, the guest's files are on tmpfs) and which can
+// hang: Linux 6.1's virtio-net, once device_shutdown has marked its queues
+// broken, may spin forever reclaiming sent buffers (fixed upstream by
+// 0d0eff39ceb3, not in Debian 12's kernel), leaving the VMM running. The
+// restart ends the VM: QEMU runs with -no-reboot, and Firecracker exits on
+// the i8042 reset of reboot=k.
+//
+// A kernel without sysrq falls back to the orderly way: power off when the
+// kernel runs on ACPI, otherwise restart (without ACPI reboot(POWER_OFF)
+// only halts). Should that fail too, PID 1 exits, the kernel panics and
+// panic=-1 reboots, which again ends the VMM.
 func powerOff(log *slog.Logger) {
 	unix.Sync()
+	err := emergencyRestart(guestPaths.proc)
+	log.Error("emergency restart", keyError, err)
 	if canPowerOff(guestPaths.sysfs) {
 		err := unix.Reboot(unix.LINUX_REBOOT_CMD_POWER_OFF)
 		log.Error("power off", keyError, err)
 	}
-	err := unix.Reboot(unix.LINUX_REBOOT_CMD_RESTART)
+	err = unix.Reboot(unix.LINUX_REBOOT_CMD_RESTART)
 	log.Error("restart", keyError, err)
 	os.Exit(1)
+}
+
+// emergencyRestart asks the kernel for sysrq b, which restarts the machine
+// inside the write and so returns only when it could not.
+func emergencyRestart(proc string) error {
+	f, err := os.OpenFile(filepath.Join(proc, "sysrq-trigger"), os.O_WRONLY, 0)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	if _, err := f.Write([]byte("b")); err != nil {
+		return err
+	}
+	return errors.New("still running after sysrq b")
 }
 
 // canPowerOff reports whether the kernel runs on ACPI, without which
