@@ -349,6 +349,9 @@ func TestBootHandshake(t *testing.T) {
 	g.waitExit(t, time.Minute)
 	// The VM ended by sysrq b, not through the kernel's orderly shutdown
 	// (device_shutdown, which can hang in virtio-net: powerOff).
+	if !g.console.has(`msg="agent ended; powering off"`) {
+		t.Error("init's last log line is not on the console")
+	}
 	if !g.console.has("sysrq: Resetting") {
 		t.Error(`the console has no "sysrq: Resetting": init did not end the VM by an emergency restart`)
 	}

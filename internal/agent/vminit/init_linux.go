@@ -550,6 +550,7 @@ func exitStatus(ws unix.WaitStatus) string {
 // panic=-1 reboots, which again ends the VMM.
 func powerOff(log *slog.Logger) {
 	unix.Sync()
+	drainConsole(os.Stderr, time.Second)
 	err := emergencyRestart(guestPaths.proc)
 	log.Error("emergency restart", keyError, err)
 	if canPowerOff(guestPaths.sysfs) {
@@ -559,6 +560,22 @@ func powerOff(log *slog.Logger) {
 	err = unix.Reboot(unix.LINUX_REBOOT_CMD_RESTART)
 	log.Error("restart", keyError, err)
 	os.Exit(1)
+}
+
+// drainConsole waits, at most within, until the console has sent what PID 1
+// wrote to it: its last log lines (why a boot failed, say) sit in the
+// serial driver's buffer until the UART takes them, and a reset would cut
+// them off. tcdrain(3) is TCSBRK with a non-zero argument.
+func drainConsole(console *os.File, within time.Duration) {
+	done := make(chan struct{})
+	go func() {
+		_ = unix.IoctlSetInt(int(console.Fd()), unix.TCSBRK, 1)
+		close(done)
+	}()
+	select {
+	case <-done:
+	case <-time.After(within):
+	}
 }
 
 // emergencyRestart asks the kernel for sysrq b, which restarts the machine
