@@ -167,7 +167,7 @@ func boot(tb testing.TB, qemuBin string, img guestimage.Image, n node, id string
 		// the first getrandom (crypto/rand, in nats.go's package init) waits
 		// ≈ 1 s under TCG for the kernel to gather jitter entropy.
 		// A kernel that finds its devices on the command line boots without
-		// ACPI, as the driver runs it; its power off is then a restart.
+		// ACPI, as the driver runs it.
 		"-M", qemu.MicrovmMachine(img.Kernel), "-accel", "tcg", "-cpu", "qemu64,+rdrand", "-m", "128", "-smp", "1",
 		"-nographic", "-nodefaults", "-no-user-config", "-serial", "stdio", "-no-reboot",
 		"-kernel", img.Kernel, "-initrd", img.Initrd,
@@ -271,7 +271,7 @@ func answerConfig(ln net.Listener, meta agentapi.Metadata) error {
 }
 
 // consoleLog is the guest's console (QEMU's stdout and stderr): each line
-// goes to the test's log and is kept for consoleHas.
+// goes to the test's log and is kept for has.
 type consoleLog struct {
 	tb    testing.TB
 	start time.Time

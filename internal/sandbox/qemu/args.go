@@ -37,7 +37,8 @@ const (
 // reliability on microvm (shared/notes/microvm-on-this-host.md):
 // tsc_early_khz avoids the TSC calibration hang that stalled ~20 % of boots,
 // cryptomgr.notests and the kprobe initcall are the two biggest savings,
-// panic=-1 reboot=t with -no-reboot turn a guest panic into a QEMU exit.
+// panic=-1 reboot=t with -no-reboot turn a guest panic, and the restart
+// PID 1 ends a VM with (vminit's powerOff), into a QEMU exit.
 const kernelCmdline = "console=ttyS0 quiet panic=-1 reboot=t cryptomgr.notests " +
 	"initcall_blacklist=init_kprobe_trace mitigations=off nokaslr"
 
@@ -125,8 +126,7 @@ type machine struct {
 	Incoming bool
 	// NoACPI boots without ACPI tables: QEMU lists the virtio-mmio devices
 	// on the kernel command line instead, for a kernel that reads them there
-	// (guestimage.CmdlineDevices). The guest then skips ACPI's interpreter
-	// and powers off through reboot=t and -no-reboot.
+	// (guestimage.CmdlineDevices). The guest then skips ACPI's interpreter.
 	NoACPI bool
 	// BIOS is the firmware's path (Firmware); "": QEMU's default.
 	BIOS string
