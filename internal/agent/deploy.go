@@ -134,9 +134,14 @@ func (a *agent) deploy(d *agentapi.Deploy) (err error) {
 	a.wl, a.cancelDeploy = wl, nil
 	a.mu.Unlock()
 
-	a.publishEvent(agentapi.Event{Type: agentapi.EventWorkloadStarted, WorkloadID: d.WorkloadID, Message: "started " + d.Name})
+	a.publishEvent(startedEvent(d))
 	go a.watch(wl)
 	return nil
+}
+
+// startedEvent tells the node that d's workload runs.
+func startedEvent(d *agentapi.Deploy) agentapi.Event {
+	return agentapi.Event{Type: agentapi.EventWorkloadStarted, WorkloadID: d.WorkloadID, Message: "started " + d.Name}
 }
 
 // checkName keeps the artifact inside the work dir whatever the node sent.

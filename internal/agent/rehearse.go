@@ -163,7 +163,7 @@ func (a *agent) rehearseDeploy() error {
 	if err := takeStaged(&d, path); err != nil {
 		return err
 	}
-	if _, err := json.Marshal(agentapi.Event{Type: agentapi.EventWorkloadStarted, WorkloadID: d.WorkloadID, Message: "started " + d.Name}); err != nil {
+	if _, err := json.Marshal(startedEvent(&d)); err != nil {
 		return err
 	}
 	_, err = json.Marshal(agentapi.Reply{OK: true})
